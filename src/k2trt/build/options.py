@@ -147,6 +147,8 @@ class LlmApiOptions(_Options):
     print_iter_log: bool | None = None
     trust_remote_code: bool | None = None
     backend: str | None = None
+    tokenizer: str | None = None
+    skip_tokenizer_init: bool | None = None
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

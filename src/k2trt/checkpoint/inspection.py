@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from k2trt.checkpoint.manifest import MANIFEST_NAME, checkpoint_files, hash_files, write_manifest
 from k2trt.checkpoint.reader import Checkpoint
@@ -205,7 +206,7 @@ def size_findings(ckpt: Checkpoint) -> Iterator[Finding]:
         )
 
 
-def bad_scales(values: np.ndarray) -> str | None:
+def bad_scales(values: NDArray[Any]) -> str | None:
     """What is wrong with a block-scale tensor (NaN, Inf, <= 0 corrupt their block), or None.
 
     >>> bad_scales(np.array([[1.0, 0.0]], dtype=np.float32))

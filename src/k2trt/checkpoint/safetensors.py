@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
+from numpy.typing import NDArray
 
 from k2trt.errors import K2Error
 
@@ -256,13 +257,13 @@ class LazyTensor:
         itemsize, np_dtype = DTYPES[self.info.dtype]
         return np_dtype or RAW_VIEW[itemsize]
 
-    def raw(self) -> np.ndarray:
+    def raw(self) -> NDArray[Any]:
         """The stored elements read into a fresh numpy array (unsigned ints for bf16/fp8)."""
         buf = np.empty(self.info.nbytes, dtype=np.uint8)
         self.files.read_into(self.info, buf.data)
         return buf.view(self._np_dtype()).reshape(self.info.shape)
 
-    def mapped(self) -> np.ndarray:
+    def mapped(self) -> NDArray[Any]:
         """Zero-copy, read-only view of the stored elements through a memory map."""
         view = np.frombuffer(self.files.view(self.info), dtype=self._np_dtype())
         return view.reshape(self.info.shape)

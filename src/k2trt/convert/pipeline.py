@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
-import numpy as np
+from numpy.typing import NDArray
 
 from k2trt.checkpoint.inspection import inspect_checkpoint
 from k2trt.checkpoint.manifest import (
@@ -594,7 +594,7 @@ class _SequentialHash:
         self._pos = 0
         self._digest = hashlib.sha256()
 
-    def take(self, start: int, data: np.ndarray) -> None:
+    def take(self, start: int, data: NDArray[Any]) -> None:
         self._catch_up(start)
         self._digest.update(data.data)
         self._pos = start + data.nbytes

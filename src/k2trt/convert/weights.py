@@ -23,6 +23,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from k2trt.checkpoint.fp8 import iter_dequantized
 from k2trt.checkpoint.inspection import bad_scales
@@ -240,7 +241,7 @@ def _expert_overrides(cfg: ModelConfig, experts: int) -> dict[str, tuple[Any, st
 # Producing output bytes
 
 
-def read_raw(files: ShardFiles, info: TensorInfo) -> np.ndarray:
+def read_raw(files: ShardFiles, info: TensorInfo) -> NDArray[Any]:
     """A tensor's stored bytes (flat uint8, a fresh buffer); read errors name the shard."""
     buf = np.empty(info.nbytes, dtype=np.uint8)
     try:
@@ -252,7 +253,7 @@ def read_raw(files: ShardFiles, info: TensorInfo) -> np.ndarray:
     return buf
 
 
-def check_scale(info: TensorInfo, raw: np.ndarray) -> None:
+def check_scale(info: TensorInfo, raw: NDArray[Any]) -> None:
     """Every block scale finite and positive (what `inspect --deep` checks), or a K2Error."""
     problem = bad_scales(raw.view("<f4").reshape(info.shape))
     if problem:
@@ -261,10 +262,10 @@ def check_scale(info: TensorInfo, raw: np.ndarray) -> None:
 
 def transform(
     plan: TensorPlan,
-    raw: np.ndarray,
+    raw: NDArray[Any],
     files: ShardFiles,
     block: tuple[int, int] | None,
-) -> Iterator[np.ndarray | torch.Tensor]:
+) -> Iterator[NDArray[Any] | torch.Tensor]:
     """The output tensor for `plan` as consecutive byte pieces; scales are checked on the way.
 
     KEEP yields the raw bytes unchanged (byte-identical output by construction); DEQUANT yields
@@ -285,7 +286,7 @@ def transform(
 
 def _dequantize(
     plan: TensorPlan,
-    raw: np.ndarray,
+    raw: NDArray[Any],
     files: ShardFiles,
     block: tuple[int, int],
 ) -> Iterator[torch.Tensor]:
