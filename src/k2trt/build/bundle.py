@@ -210,7 +210,12 @@ def no_fit_message(report: PlanReport, best: LayoutPlan | None) -> str:
     """One line with the numbers: weights vs memory per GPU, KV tokens vs what was asked."""
     want = f"{report.concurrency} x {report.context:,} tokens"
     if best is None:
-        return f"{report.gpus.label}: no valid layout for this model"
+        m = report.model
+        return (
+            f"{report.gpus.label}: no layout of {report.gpus.count} GPUs divides this model "
+            f"({m['num_attention_heads']} attention heads, {m['n_routed_experts']} experts, "
+            f"{m['num_hidden_layers']} layers)"
+        )
     stage = best.binding
     memory = report.gpus.gpu.memory_bytes
     if not best.weights_fit:
