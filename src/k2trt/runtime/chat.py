@@ -87,9 +87,9 @@ class ModelFiles:
             raise K2Error(
                 "not a directory (expected a checkpoint or tokenizer directory)", path=root
             )
-        tok_dir = _tokenizer_dir(root)
-        tokenizer = KimiTokenizer.from_dir(tok_dir)
-        template_dir = root if (root / "chat_template.jinja").is_file() else tok_dir
+        model_file, config_file = _tokenizer_files(root)
+        tokenizer = KimiTokenizer.from_files(model_file, config_file)
+        template_dir = root if (root / "chat_template.jinja").is_file() else config_file.parent
         template = load_chat_template(template_dir).text
         return cls(
             tokenizer=tokenizer,
@@ -100,16 +100,21 @@ class ModelFiles:
         )
 
 
-def _tokenizer_dir(root: Path) -> Path:
-    for where in (root, root / TOKENIZER_SUBDIR):
-        if all((where / name).is_file() for name in TOKENIZER_FILES):
-            return where
-    missing = next(n for n in TOKENIZER_FILES if not (root / n).is_file())
-    raise K2Error(
-        f"missing (a Kimi tokenizer needs {' and '.join(TOKENIZER_FILES)}, here or in "
-        f"{TOKENIZER_SUBDIR}/)",
-        path=root / missing,
-    )
+def _tokenizer_files(root: Path) -> tuple[Path, Path]:
+    """(tiktoken.model, tokenizer_config.json): each at the top, else in `tokenizer/`."""
+    found = []
+    for name in TOKENIZER_FILES:
+        where = next(
+            (d / name for d in (root, root / TOKENIZER_SUBDIR) if (d / name).is_file()), None
+        )
+        if where is None:
+            raise K2Error(
+                f"missing (a Kimi tokenizer needs {' and '.join(TOKENIZER_FILES)}, here or in "
+                f"{TOKENIZER_SUBDIR}/)",
+                path=root / name,
+            )
+        found.append(where)
+    return found[0], found[1]
 
 
 def _stop_ids(root: Path, tok: KimiTokenizer) -> tuple[int, ...]:
