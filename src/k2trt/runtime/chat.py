@@ -204,12 +204,16 @@ def forced_tool(request: ChatRequest) -> str | None:
 
 
 def _declared_names(tools: Sequence[Any] | None) -> list[str]:
+    """Function names of `tools` (OpenAI `{"type": "function", "function": {...}}` or bare)."""
+    if tools is not None and not isinstance(tools, list):
+        raise RequestRejected("tools must be a list of tool objects", "tools")
     names = []
-    for tool in tools or ():
+    for i, tool in enumerate(tools or ()):
         fn = tool.get("function", tool) if isinstance(tool, Mapping) else None
         name = fn.get("name") if isinstance(fn, Mapping) else None
-        if isinstance(name, str):
-            names.append(name)
+        if not isinstance(name, str) or not name:
+            raise RequestRejected(f"tools[{i}] needs a function name", "tools")
+        names.append(name)
     return names
 
 
@@ -294,6 +298,7 @@ def prepare(files: ModelFiles, request: ChatRequest) -> Prepared:
     >>> p.sampling.max_tokens, p.prefill  # doctest: +SKIP
     (8, '')
     """
+    _declared_names(request.tools)  # the output parser needs every tool named
     prefill = prefill_text(request)
     try:
         encoded = encode_chat(
