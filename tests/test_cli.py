@@ -146,7 +146,8 @@ def test_demo_runs_each_stage(capsys: pytest.CaptureFixture[str], tmp_path: Path
         'parsed a streamed tool call: get_weather({"city": "Beijing"}), content \'Let me check.\''
     )
     assert lines[5].startswith("[plan] tiny model fits 1 x H100; Kimi K2 at 128K context on 16")
-    assert lines[6] == f"demo ok: 6 stages in {tmp_path}"
+    assert lines[6].startswith("[build] bundle kimi-k2-tiny-bundle: TP1 EP1 on 1 x H100, moe CUTLASS")
+    assert lines[7] == f"demo ok: 7 stages in {tmp_path}"
     code, out, _ = run(capsys, "--json", "demo", "--workdir", str(tmp_path / "j"))
     assert [s["name"] for s in json.loads(out)["stages"]] == [
         "synth",
@@ -155,4 +156,5 @@ def test_demo_runs_each_stage(capsys: pytest.CaptureFixture[str], tmp_path: Path
         "verify",
         "chat",
         "plan",
+        "build",
     ]

@@ -24,10 +24,10 @@ class Stage:
 def run_demo(
     root: Path, *, seed: int = 0, on_stage: Callable[[Stage], None] = lambda s: None
 ) -> list[Stage]:
-    """synth -> inspect -> convert -> verify -> chat -> plan (more join as they are built).
+    """synth -> inspect -> convert -> verify -> chat -> plan -> build (more join as they are built).
 
     >>> [s.name for s in run_demo(Path("/tmp/demo"))]  # doctest: +SKIP
-    ['synth', 'inspect', 'convert', 'verify', 'chat', 'plan']
+    ['synth', 'inspect', 'convert', 'verify', 'chat', 'plan', 'build']
     """
     stages: list[Stage] = []
 
@@ -61,6 +61,7 @@ def run_demo(
     done(_verify_stage(ckpt, root))
     done(_chat_stage(ckpt))
     done(_plan_stage(ckpt))
+    done(_build_stage(root))
     return stages
 
 
@@ -80,6 +81,25 @@ def _plan_stage(ckpt: Path) -> Stage:
         f"tiny model fits 1 x H100; Kimi K2 at 128K context on 16 x H200: "
         f"best {best.layout.label}, {best.sequences} sequences of 131,072 tokens",
         {"kimi_best": best.layout.label, "sequences": best.sequences},
+    )
+
+
+def _build_stage(root: Path) -> Stage:
+    """The engine bundle for the prepared tiny checkpoint on one H100 (not executed here)."""
+    from k2trt.build.bundle import build_bundle
+    from k2trt.build.spec import BuildSpec
+    from k2trt.runtime import trtllm
+
+    spec = BuildSpec(gpus="H100x1", context=4096, max_batch_size=8, model_name="kimi-k2-tiny")
+    bundle = build_bundle(root / "kimi-k2-tiny-trtllm", root / "kimi-k2-tiny-bundle", spec, force=True)
+    why = trtllm.unavailable()
+    return Stage(
+        "build",
+        f"bundle {bundle.path.name}: {bundle.record['layout']['label']} on 1 x H100, moe "
+        f"{bundle.options['moe_config']['backend']}, KV {bundle.options['kv_cache_config']['dtype']}, "
+        f"{len(bundle.record['checkpoint']['files'])} checkpoint files pinned by sha256; "
+        f"executed: {bundle.record['executed']} ({why or 'run `k2trt build --run`'})",
+        {"bundle": str(bundle.path), "executed": bundle.record["executed"]},
     )
 
 
