@@ -135,7 +135,7 @@ def test_synth_cli_and_bad_options(capsys: pytest.CaptureFixture[str], tmp_path:
 def test_demo_runs_each_stage(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, out, _ = run(capsys, "demo", "--workdir", str(tmp_path))
     lines = out.splitlines()
-    assert code == 0 and len(lines) == 7
+    assert code == 0 and len(lines) == 8
     assert lines[0].startswith("[synth] wrote a tiny Kimi K2 checkpoint: 166 tensors in 3 shards")
     assert lines[1].startswith("[inspect] deepseek_v3 (kimi_k2), 3,963,912 parameters, 72 scales")
     assert lines[2].startswith("[convert] prepared kimi-k2-tiny-trtllm (163 tensors, 3 rotary")
