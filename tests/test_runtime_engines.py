@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Generator
 from pathlib import Path
+from typing import cast
 
 import pytest
 import torch
@@ -170,7 +172,7 @@ def test_cancel_checked_every_token(engine: ReferenceEngine, prompt: list[int]) 
 
 def test_concurrent_calls_run_one_at_a_time(engine: ReferenceEngine, prompt: list[int]) -> None:
     greedy = list(engine.generate(prompt, params(4, temperature=0.0)))
-    first = engine.generate(prompt, params(4, temperature=0.0))
+    first = cast(Generator[int, None, None], engine.generate(prompt, params(4, temperature=0.0)))
     next(first)  # holds the engine's lock now
     results: list[list[int]] = []
     other = threading.Thread(
