@@ -188,3 +188,19 @@ def test_reference_backend_greedy(tiny_ckpt: Path, files: ModelFiles) -> None:
     assert last.finish_reason == ("stop" if ids[-1] in files.stop_token_ids else "length")
     text = files.tokenizer.decode(ids, skip_special_tokens=True)
     assert "".join(c.content for c in chunks) == text
+
+
+def test_backend_outlives_an_event_loop(files: ModelFiles) -> None:
+    engine = ScriptedEngine(files.tokenizer, ["a b"] * 4, delay_s=0.002)
+    backend = LocalBackend(files, engine, max_concurrency=1)
+
+    async def two() -> list[list[ChatChunk]]:
+        return list(
+            await asyncio.gather(
+                collect(backend, ChatRequest(USER)), collect(backend, ChatRequest(USER))
+            )
+        )
+
+    for _ in range(2):  # the second asyncio.run has a new loop
+        results = asyncio.run(two())
+        assert ["".join(c.content for c in r) for r in results] == ["a b", "a b"]

@@ -48,7 +48,10 @@ class LocalBackend:
         self.engine = engine
         self.model_id = files.model_id
         self.max_context = files.max_context
-        self._slots = asyncio.Semaphore(max_concurrency)
+        self.max_concurrency = max_concurrency
+        # Made on first use, per event loop: an asyncio.Semaphore belongs to one loop, and a
+        # backend may outlive one (tests, a CLI calling asyncio.run more than once).
+        self._slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
         self._running: dict[threading.Thread, threading.Event] = {}
         self._closed = False
 
@@ -80,8 +83,14 @@ class LocalBackend:
         for thread in list(self._running):
             await asyncio.to_thread(thread.join, JOIN_TIMEOUT_S)
 
+    def _semaphore(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        if self._slots is None or self._slots[0] is not loop:
+            self._slots = (loop, asyncio.Semaphore(self.max_concurrency))
+        return self._slots[1]
+
     async def _chunks(self, request: ChatRequest, prepared: Prepared) -> AsyncIterator[ChatChunk]:
-        async with self._slots:
+        async with self._semaphore():
             if self._closed:
                 raise BackendUnavailable(f"{self.model_id}: backend is closed")
             queue: asyncio.Queue[_Item] = asyncio.Queue()
