@@ -21,6 +21,13 @@ tool_choice:
 
 `max_tokens` larger than the room the context leaves is capped to the room; None means all
 of it.
+
+Ending a turn: a stop id (`<|im_end|>`, `[EOS]`, generation_config's) is counted in
+`completion_tokens` but never becomes content; a stop string (`request.stop`) cuts the output
+before the match, text that could be the start of one is held back until it cannot. Either
+sets `DeltaStream.done`, and ids fed after it are ignored. The final chunk carries whatever
+was still held back (content and tool-call deltas both, in the rare case there are both:
+content first), finish_reason ("tool_calls" whenever a call was kept) and usage.
 """
 
 from __future__ import annotations
