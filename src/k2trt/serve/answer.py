@@ -1,0 +1,76 @@
+"""What both APIs need from a finished or streaming answer: an accumulator of chunk deltas."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from k2trt.runtime.types import ChatChunk, ChatRequest
+
+
+@dataclass(frozen=True)
+class ParsedChat:
+    """A validated API request: the backend request and how to answer it."""
+
+    request: ChatRequest
+    stream: bool = False
+    include_usage: bool = False  # OpenAI stream_options.include_usage
+
+
+@dataclass
+class Answer:
+    """Chunks folded into one message: content, tool calls (by stream index), finish, usage.
+
+    >>> a = Answer()
+    >>> a.add(ChatChunk(tool_calls=[{"index": 0, "id": "functions.f:0", "type": "function",
+    ...     "function": {"name": "f", "arguments": ""}}]))
+    >>> a.add(ChatChunk(tool_calls=[{"index": 0, "function": {"arguments": "{}"}}],
+    ...     finish_reason="tool_calls", prompt_tokens=5, completion_tokens=2))
+    >>> a.tool_calls()
+    [{'id': 'functions.f:0', 'type': 'function', 'function': {'name': 'f', 'arguments': '{}'}}]
+    """
+
+    parts: list[str] = field(default_factory=list)
+    calls: dict[int, dict[str, Any]] = field(default_factory=dict)
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def add(self, chunk: ChatChunk) -> None:
+        """Fold one chunk in."""
+        if chunk.content:
+            self.parts.append(chunk.content)
+        for delta in chunk.tool_calls:
+            call = self.calls.setdefault(delta["index"], {"id": "", "name": "", "arguments": []})
+            fn = delta.get("function") or {}
+            if delta.get("id"):
+                call["id"] = delta["id"]
+            if fn.get("name"):
+                call["name"] = fn["name"]
+            if fn.get("arguments"):
+                call["arguments"].append(fn["arguments"])
+        if chunk.finish_reason is not None:
+            self.finish_reason = chunk.finish_reason
+            self.prompt_tokens = chunk.prompt_tokens
+            self.completion_tokens = chunk.completion_tokens
+
+    @property
+    def content(self) -> str:
+        return "".join(self.parts)
+
+    def tool_calls(self) -> list[dict[str, Any]]:
+        """OpenAI `message.tool_calls`, in stream order."""
+        return [
+            {
+                "id": c["id"],
+                "type": "function",
+                "function": {"name": c["name"], "arguments": "".join(c["arguments"])},
+            }
+            for _, c in sorted(self.calls.items())
+        ]
+
+
+def dumps(obj: Any) -> str:
+    """Compact JSON, UTF-8 kept as is (what goes on the wire)."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
