@@ -1,0 +1,9 @@
+"""The Triton model repository `k2trt package` writes, and what runs inside it.
+
+- `spec`: the four models (chat, preprocessing, tensorrt_llm, postprocessing) as data;
+  `pbtxt`: config.pbtxt from typed data.
+- `repository`: `package(bundle, out)` and `use_cpu_standin(out, ckpt)`; `launch`: launch
+  artifacts (docker, mpirun, Slurm, Kubernetes LeaderWorkerSet).
+- `serving`: the logic of each model.py (the files in `models/` are thin adapters over it).
+- `cpu_server`: a real tritonserver 2.51 on CPU (from nvidia-pytriton) for tests.
+"""

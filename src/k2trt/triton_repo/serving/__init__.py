@@ -1,0 +1,1 @@
+"""What each packaged model.py runs: one module per model, plus what they share (`common`)."""

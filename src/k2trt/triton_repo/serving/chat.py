@@ -1,0 +1,229 @@
+"""`chat`: the entry point, a decoupled BLS model over the three others.
+
+For each request (in its own thread): `preprocessing` once; `tensorrt_llm` streamed; every
+piece through `postprocessing` (keyed by a fresh request key); each chunk sent at once as a
+delta, the last with finish_reason and usage and the final flag. A rejected request gets one
+error response naming the field. Generation stops when the client cancels, or when a stop
+string or stop id ends the turn: `chat` cancels the `tensorrt_llm` request (the BLS
+iterator's cancel() where the server has it, 2.57+, and a `cancel` request naming its key,
+which works on any version).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from k2trt.runtime.types import ChatChunk
+from k2trt.runtime.wire import CHAT_INPUTS, chunk_to_outputs, outputs_to_chunk
+from k2trt.triton_repo.serving.common import TritonModel, strings, text_of
+from k2trt.triton_repo.serving.post import Step
+from k2trt.triton_repo.spec import (
+    LLM_MODEL,
+    P_LLM,
+    P_POST,
+    P_PRE,
+    POST_MODEL,
+    POST_OUTPUTS,
+    PRE_MODEL,
+    PRE_OUTPUTS,
+)
+
+LLM_OUTPUT_NAMES = ["output_ids", "finish_reason"]
+CHUNK_FIELDS = ("content", "tool_calls", "finish_reason", "prompt_tokens", "completion_tokens")
+
+
+class _Failed(Exception):
+    """A sub-model answered with an error: its text goes to the client as is."""
+
+
+def chunks_from(arrays: Mapping[str, NDArray[Any]]) -> Step:
+    """Postprocessing's outputs (one value per chunk) back into chunks."""
+    count = len(np.asarray(arrays["content"]).reshape(-1))
+    chunks = [
+        outputs_to_chunk(
+            {name: np.asarray(arrays[name]).reshape(-1)[i : i + 1] for name in CHUNK_FIELDS}
+        )
+        for i in range(count)
+    ]
+    return Step(chunks, bool(np.asarray(arrays["done"]).reshape(-1)[0]))
+
+
+def llm_arrays(pre: Mapping[str, NDArray[Any]], key: str) -> dict[str, NDArray[Any]]:
+    """tensorrt_llm's inputs for a preprocessed request (batch dimension 1)."""
+    out = {
+        "input_ids": np.asarray(pre["input_ids"], dtype=np.int32).reshape(1, -1),
+        "max_tokens": np.asarray(pre["max_tokens"], dtype=np.int32).reshape(1, 1),
+        "temperature": np.asarray(pre["temperature"], dtype=np.float32).reshape(1, 1),
+        "top_p": np.asarray(pre["top_p"], dtype=np.float32).reshape(1, 1),
+        "stop_token_ids": np.asarray(pre["stop_token_ids"], dtype=np.int32).reshape(1, -1),
+        "streaming": np.array([[True]]),
+        "request_key": strings([key], (1, 1)),
+    }
+    seed = np.asarray(pre["seed"], dtype=np.uint64).reshape(-1)
+    if seed.size:
+        out["seed"] = seed.reshape(1, 1)
+    words = np.asarray(pre["stop_words"], dtype=np.object_).reshape(-1)
+    if words.size:  # the LLM stops at the same point postprocessing does
+        out["stop_words"] = words.reshape(1, -1)
+    return out
+
+
+class ChatModel(TritonModel):
+    """Decoupled BLS; one thread per request (see the module docstring)."""
+
+    def setup(self) -> None:
+        self.pre = self.param(P_PRE, PRE_MODEL)
+        self.llm = self.param(P_LLM, LLM_MODEL)
+        self.post = self.param(P_POST, POST_MODEL)
+        self.input_names = [f.name for f in CHAT_INPUTS]
+
+    def execute(self, requests: list[Any]) -> None:
+        """Triton's entry point: start each request's thread and return at once."""
+        for request in requests:
+            sender = request.get_response_sender()
+            turn = _Turn(self, request, sender)
+            threading.Thread(target=turn.run, daemon=True).start()
+
+    # ---- calls to the other models ----
+
+    def call(self, model: str, arrays: Mapping[str, NDArray[Any]], outputs: list[str]) -> Any:
+        """One BLS request; its response (an error raises _Failed with the model's text)."""
+        response = self._request(model, arrays, outputs).exec()
+        if response.has_error():
+            raise _Failed(response.error().message())
+        return response
+
+    def stream(self, model: str, arrays: Mapping[str, NDArray[Any]], outputs: list[str]) -> Any:
+        """A decoupled BLS request: an iterator of responses."""
+        return self._request(model, arrays, outputs).exec(decoupled=True)
+
+    def _request(self, model: str, arrays: Mapping[str, NDArray[Any]], outputs: list[str]) -> Any:
+        return self.pb.InferenceRequest(
+            model_name=model,
+            inputs=[self.pb.Tensor(name, value) for name, value in arrays.items()],
+            requested_output_names=outputs,
+        )
+
+
+class _Turn:
+    """One chat request from first call to final response."""
+
+    def __init__(self, model: ChatModel, request: Any, sender: Any) -> None:
+        self.m = model
+        self.request = request
+        self.sender = sender
+        self.key = uuid.uuid4().hex
+        self.post_open = False
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except _Failed as exc:
+            self._close_post()
+            self.sender.send(self.m.error(str(exc)), flags=self.m.final)
+        except Exception as exc:
+            self._close_post()
+            message = f"chat failed: {type(exc).__name__}: {exc}"
+            self.sender.send(self.m.error(message), flags=self.m.final)
+
+    def _run(self) -> None:
+        m = self.m
+        pre_in = m.inputs(self.request, m.input_names)
+        pre = m.outputs(
+            m.call(m.pre, pre_in, [t.name for t in PRE_OUTPUTS]), [t.name for t in PRE_OUTPUTS]
+        )
+        first = {"request": pre["request"], "prompt_tokens": pre["prompt_tokens"]}
+        self.post_open = True
+        if self._send(self._post([], first=first)):
+            return
+        responses = m.stream(m.llm, llm_arrays(pre, self.key), LLM_OUTPUT_NAMES)
+        overrun = False
+        for response in responses:
+            if response.has_error():
+                raise _Failed(response.error().message())
+            if self.request.is_cancelled():
+                self._stop_llm(responses)
+                self._close_post()
+                m.log(f"k2trt: chat request {self.key} cancelled by the client")
+                self._send_cancelled()
+                return
+            out = m.outputs(response, LLM_OUTPUT_NAMES)
+            ids = [int(i) for i in np.asarray(out.get("output_ids", [])).reshape(-1)]
+            reason = text_of(out["finish_reason"]) if "finish_reason" in out else ""
+            step = self._post(ids, final=bool(reason), reason=reason)
+            if self._send(step) or reason:
+                return
+            if step.done and overrun:
+                # The LLM stops by itself at stop ids and stop strings, so its next response
+                # after `done` is its last; one more piece means it did not: stop it.
+                self._stop_llm(responses)
+                self._send(self._post([], final=True))
+                for _ in responses:  # the cancelled stream ends promptly; let it
+                    pass
+                return
+            overrun = step.done
+        self._send(self._post([], final=True))
+
+    def _post(
+        self,
+        ids: list[int],
+        final: bool = False,
+        reason: str = "",
+        first: Mapping[str, NDArray[Any]] | None = None,
+    ) -> Step:
+        """One postprocessing call (`first`: the request and prompt size, on the first)."""
+        arrays: dict[str, NDArray[Any]] = {"request_key": strings([self.key]), **(first or {})}
+        if ids:
+            arrays["output_ids"] = np.array(ids, dtype=np.int32)
+        if final:
+            arrays["final"] = np.array([True])
+            self.post_open = False
+            if reason:
+                arrays["finish_reason"] = strings([reason])
+        names = [t.name for t in POST_OUTPUTS]
+        return chunks_from(self.m.outputs(self.m.call(self.m.post, arrays, names), names))
+
+    def _send(self, step: Step) -> bool:
+        """Send the step's chunks as responses; True once the final one has gone."""
+        for chunk in step.chunks:
+            if chunk.finish_reason:
+                self.sender.send(self._response(chunk), flags=self.m.final)
+                return True
+            if chunk.content or chunk.tool_calls:
+                self.sender.send(self._response(chunk))
+        return False
+
+    def _response(self, chunk: ChatChunk) -> Any:
+        return self.m.response(chunk_to_outputs(chunk))
+
+    def _stop_llm(self, responses: Any) -> None:
+        cancel = getattr(responses, "cancel", None)
+        if callable(cancel):
+            cancel()
+        arrays = {"request_key": strings([self.key], (1, 1)), "cancel": np.array([[True]])}
+        for _ in self.m.stream(self.m.llm, arrays, []):
+            pass
+
+    def _send_cancelled(self) -> None:
+        """Release the cancelled request (the client is gone; a failure here changes nothing)."""
+        code = getattr(self.m.pb.TritonError, "CANCELLED", None)
+        error = self.m.pb.TritonError("cancelled by the client", *(() if code is None else (code,)))
+        with contextlib.suppress(Exception):
+            self.sender.send(
+                self.m.pb.InferenceResponse(output_tensors=[], error=error), flags=self.m.final
+            )
+
+    def _close_post(self) -> None:
+        """Drop postprocessing's state for this request (errors here are beside the point)."""
+        if self.post_open:
+            try:
+                self._post([], final=True)
+            except Exception:
+                self.post_open = False
