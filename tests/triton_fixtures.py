@@ -276,3 +276,7 @@ def cpu_triton(
     repo = tiny_package / REPOSITORY_DIR
     with CpuTritonServer(repo, env={"K2TRT_SCRIPT": str(script)}) as server:
         yield RunningTriton(server, tiny_package, repo, prepared_ckpt)
+        log = server.log_text()
+    # A model that crashed or raised shows here even when every request got its answer.
+    for sign in ("Signal (", "Traceback", "Stub process", "unhealthy"):
+        assert sign not in log, f"{sign!r} in the server log:\n{log[-4000:]}"
