@@ -282,6 +282,14 @@ def test_parse_job_defaults_and_context(files: ModelFiles) -> None:
         parse_job(files, {})
     with pytest.raises(RequestRejected, match="not a token id"):
         parse_job(files, {"input_ids": np.array([[10**7]], dtype=np.int32)})
+    one = {"input_ids": np.array([[1]], dtype=np.int32)}
+    with pytest.raises(RequestRejected, match=r"top_p must be in \(0, 1\]") as info:
+        parse_job(files, {**one, "top_p": np.float32([[0]])})
+    assert info.value.field == "top_p"
+    with pytest.raises(RequestRejected, match="temperature must be >= 0"):
+        parse_job(files, {**one, "temperature": np.float32([[-1]])})
+    with pytest.raises(RequestRejected, match="max_tokens must be at least 1"):
+        parse_job(files, {**one, "max_tokens": np.int32([[0]])})
 
 
 def test_delta_states_expire_and_unknown_keys_are_refused(files: ModelFiles) -> None:
@@ -349,3 +357,25 @@ def test_threads_do_not_leak(pb: FakePb) -> None:
     while threading.active_count() > before and time.monotonic() < deadline:
         time.sleep(0.01)
     assert threading.active_count() <= before
+
+
+def test_llm_that_runs_past_the_end_is_cancelled(pb: FakePb, monkeypatch: Any) -> None:
+    """If the LLM does not stop where postprocessing says the turn ended (here: it is not told
+    the stop strings), chat cancels it by key after one extra piece."""
+    from k2trt.triton_repo.serving import chat
+
+    plain = chat.llm_arrays
+    monkeypatch.setattr(
+        chat,
+        "llm_arrays",
+        lambda pre, key: {k: v for k, v in plain(pre, key).items() if k != "stop_words"},
+    )
+    request = run_chat(pb, ChatRequest(USER, tools=TOOLS, max_tokens=100, stop=("weather",)))
+    got = chunks(request)
+    assert "".join(c.content for c in got) == "Let me check the "
+    assert got[-1].finish_reason == "stop"
+    assert pb.bls_calls.count(spec.LLM_MODEL) == 2  # the stream, then the cancel request
+    deadline = time.monotonic() + 10
+    while not any("generation" in line and "cancelled" in line for line in pb.log):
+        assert time.monotonic() < deadline, pb.log
+        time.sleep(0.01)

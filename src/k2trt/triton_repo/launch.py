@@ -149,7 +149,7 @@ def docker_script(d: Deployment) -> Script:
     The repository and the checkpoint are mounted at the paths they were packaged with
     (model.yaml names the checkpoint's); to move them, run `k2trt package` again."""
     run: list[Arg] = [
-        "docker", "run", "--rm", "--gpus", "all", "--ipc=host", "--shm-size=64g",
+        "docker", "run", "--rm", "--gpus", "all", "--ipc=host",
         "--ulimit", "memlock=-1", "--ulimit", "stack=67108864",
         "-p", f"{HTTP_PORT}:{HTTP_PORT}", "-p", f"{GRPC_PORT}:{GRPC_PORT}",
         "-p", f"{METRICS_PORT}:{METRICS_PORT}",
@@ -232,7 +232,8 @@ def dockerfile(d: Deployment) -> str:
         ("RUN", "apt-get update && apt-get install -y --no-install-recommends "
                 "openssh-server openssh-client && rm -rf /var/lib/apt/lists/* "
                 "&& mkdir -p /run/sshd"),
-        ("COPY", ". /opt/k2trt-src"),
+        ("COPY", "pyproject.toml README.md /opt/k2trt-src/"),
+        ("COPY", "src /opt/k2trt-src/src"),
         ("RUN", "pip install --no-cache-dir --no-deps /opt/k2trt-src "
                 "&& pip install --no-cache-dir tiktoken 'jinja2>=3.1.6' typer rich pyyaml"),
     ]  # fmt: skip

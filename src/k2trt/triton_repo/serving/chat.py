@@ -120,41 +120,44 @@ class _Turn:
         self.request = request
         self.sender = sender
         self.key = uuid.uuid4().hex
-        self.post_open = False
+        self.post_open = False  # postprocessing holds state for this key
+        self.finished = False  # the final response went out
 
     def run(self) -> None:
+        """The whole turn; any failure becomes the request's error response."""
         try:
             self._run()
-        except _Failed as exc:
-            self._close_post()
-            self.sender.send(self.m.error(str(exc)), flags=self.m.final)
         except Exception as exc:
             self._close_post()
-            message = f"chat failed: {type(exc).__name__}: {exc}"
-            self.sender.send(self.m.error(message), flags=self.m.final)
+            message = (
+                str(exc)
+                if isinstance(exc, _Failed)
+                else f"chat failed: {type(exc).__name__}: {exc}"
+            )
+            if not self.finished:
+                self.finished = True
+                self.sender.send(self.m.error(message), flags=self.m.final)
 
     def _run(self) -> None:
-        m = self.m
-        pre_in = m.inputs(self.request, m.input_names)
-        pre = m.outputs(
-            m.call(m.pre, pre_in, [t.name for t in PRE_OUTPUTS]), [t.name for t in PRE_OUTPUTS]
-        )
-        first = {"request": pre["request"], "prompt_tokens": pre["prompt_tokens"]}
+        names = [t.name for t in PRE_OUTPUTS]
+        pre_in = self.m.inputs(self.request, self.m.input_names)
+        pre = self.m.outputs(self.m.call(self.m.pre, pre_in, names), names)
         self.post_open = True
-        if self._send(self._post([], first=first)):
-            return
-        responses = m.stream(m.llm, llm_arrays(pre, self.key), LLM_OUTPUT_NAMES)
+        first = {"request": pre["request"], "prompt_tokens": pre["prompt_tokens"]}
+        if not self._send(self._post([], first=first)):
+            self._generate(pre)
+
+    def _generate(self, pre: Mapping[str, NDArray[Any]]) -> None:
+        """Stream tensorrt_llm, each piece through postprocessing, each chunk to the client."""
+        responses = self.m.stream(self.m.llm, llm_arrays(pre, self.key), LLM_OUTPUT_NAMES)
         overrun = False
         for response in responses:
             if response.has_error():
                 raise _Failed(response.error().message())
             if self.request.is_cancelled():
-                self._stop_llm(responses)
-                self._close_post()
-                m.log(f"k2trt: chat request {self.key} cancelled by the client")
-                self._send_cancelled()
+                self._cancelled(responses)
                 return
-            out = m.outputs(response, LLM_OUTPUT_NAMES)
+            out = self.m.outputs(response, LLM_OUTPUT_NAMES)
             ids = [int(i) for i in np.asarray(out.get("output_ids", [])).reshape(-1)]
             reason = text_of(out["finish_reason"]) if "finish_reason" in out else ""
             step = self._post(ids, final=bool(reason), reason=reason)
@@ -170,6 +173,18 @@ class _Turn:
                 return
             overrun = step.done
         self._send(self._post([], final=True))
+
+    def _cancelled(self, responses: Any) -> None:
+        """The client went away: stop the LLM, drop the state, release the request."""
+        self._stop_llm(responses)
+        self._close_post()
+        self.m.log(f"k2trt: chat request {self.key} cancelled by the client")
+        code = getattr(self.m.pb.TritonError, "CANCELLED", None)
+        error = self.m.pb.TritonError("cancelled by the client", *(() if code is None else (code,)))
+        self.finished = True
+        with contextlib.suppress(Exception):  # the client is gone; nothing to tell it
+            response = self.m.pb.InferenceResponse(output_tensors=[], error=error)
+            self.sender.send(response, flags=self.m.final)
 
     def _post(
         self,
@@ -194,6 +209,7 @@ class _Turn:
         """Send the step's chunks as responses; True once the final one has gone."""
         for chunk in step.chunks:
             if chunk.finish_reason:
+                self.finished = True
                 self.sender.send(self._response(chunk), flags=self.m.final)
                 return True
             if chunk.content or chunk.tool_calls:
@@ -204,6 +220,8 @@ class _Turn:
         return self.m.response(chunk_to_outputs(chunk))
 
     def _stop_llm(self, responses: Any) -> None:
+        """Cancel the LLM request: the iterator's cancel() (python_backend 25.04+), and a
+        `cancel` request naming our key (any version; 2.51 has no cancel())."""
         cancel = getattr(responses, "cancel", None)
         if callable(cancel):
             cancel()
@@ -211,19 +229,8 @@ class _Turn:
         for _ in self.m.stream(self.m.llm, arrays, []):
             pass
 
-    def _send_cancelled(self) -> None:
-        """Release the cancelled request (the client is gone; a failure here changes nothing)."""
-        code = getattr(self.m.pb.TritonError, "CANCELLED", None)
-        error = self.m.pb.TritonError("cancelled by the client", *(() if code is None else (code,)))
-        with contextlib.suppress(Exception):
-            self.sender.send(
-                self.m.pb.InferenceResponse(output_tensors=[], error=error), flags=self.m.final
-            )
-
     def _close_post(self) -> None:
         """Drop postprocessing's state for this request (errors here are beside the point)."""
         if self.post_open:
-            try:
-                self._post([], final=True)
-            except Exception:
-                self.post_open = False
+            with contextlib.suppress(Exception):
+                self._post([], final=True)  # sets post_open False before it calls

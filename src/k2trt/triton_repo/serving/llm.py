@@ -14,6 +14,7 @@ model's way to stop it on servers whose BLS iterators have no cancel()).
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -96,10 +97,16 @@ def parse_job(files: ModelFiles, arrays: Mapping[str, NDArray[Any]]) -> Job:
         raise RequestRejected(f"max_tokens must be at least 1, got {wanted}", "max_tokens")
     extra = [int(i) for i in np.asarray(arrays.get("stop_token_ids", [])).reshape(-1)]
     seed = _opt(arrays, "seed", None)
+    temperature = float(_opt(arrays, "temperature", SamplingParams.temperature))
+    top_p = float(_opt(arrays, "top_p", SamplingParams.top_p))
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise RequestRejected(f"temperature must be >= 0, got {temperature}", "temperature")
+    if not 0 < top_p <= 1:
+        raise RequestRejected(f"top_p must be in (0, 1], got {top_p}", "top_p")
     params = SamplingParams(
         max_tokens=min(wanted, room),
-        temperature=float(_opt(arrays, "temperature", SamplingParams.temperature)),
-        top_p=float(_opt(arrays, "top_p", SamplingParams.top_p)),
+        temperature=temperature,
+        top_p=top_p,
         seed=None if seed is None else int(seed),
         stop_token_ids=tuple(dict.fromkeys([*files.stop_token_ids, *extra])),
     )
