@@ -379,3 +379,17 @@ def test_llm_that_runs_past_the_end_is_cancelled(pb: FakePb, monkeypatch: Any) -
     while not any("generation" in line and "cancelled" in line for line in pb.log):
         assert time.monotonic() < deadline, pb.log
         time.sleep(0.01)
+
+
+def test_named_tool_choice_streams_the_forced_call(
+    pb: FakePb, models: dict[str, Any], files: ModelFiles
+) -> None:
+    """The prompt opens the call; its id/name delta comes from postprocessing's first call."""
+    reply = f"{ARGUMENTS}<|tool_call_end|><|tool_calls_section_end|>"
+    models[spec.LLM_MODEL].engine = ScriptedEngine(files.tokenizer, [reply])
+    choice = {"type": "function", "function": {"name": "get_weather"}}
+    got = chunks(run_chat(pb, ChatRequest(USER, tools=TOOLS, tool_choice=choice, max_tokens=50)))
+    calls = [d for c in got for d in c.tool_calls]
+    assert calls[0]["function"] == {"name": "get_weather", "arguments": ""}
+    assert "".join(d["function"]["arguments"] for d in calls[1:]) == ARGUMENTS
+    assert got[-1].finish_reason == "tool_calls" and not any(c.content for c in got)
