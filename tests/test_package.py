@@ -241,6 +241,7 @@ def test_cli_packages(bundle: Bundle, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert f"wrote {tmp_path / 't'}: Triton model repository for {bundle.model_id}" in result.output
     assert "world size  8 = 1 node(s) x 8 GPU(s)" in result.output
+    assert "Dockerfile, lws.yaml, serve-docker.sh, serve-mpirun.sh, serve.sbatch" in result.output
 
 
 def test_cli_refuses_a_changed_checkpoint(bundle: Bundle, tmp_path: Path) -> None:
@@ -286,6 +287,16 @@ def _argv(text: str) -> list[str]:
     last = [line for line in text.splitlines() if line.startswith("exec ")]
     body = text[text.index(last[0]) :].replace("\\\n", " ")
     return shlex.split(body, posix=True)[1:]
+
+
+def test_docker_script_only_when_one_node_holds_the_world() -> None:
+    assert "serve-docker.sh" in launch.artifacts(_deployment(8, 8))
+    assert sorted(launch.artifacts(_deployment(16, 8))) == [
+        "Dockerfile",
+        "lws.yaml",
+        "serve-mpirun.sh",
+        "serve.sbatch",
+    ]
 
 
 def test_mpirun_layout_follows_upstream() -> None:

@@ -41,8 +41,8 @@ def render(record: dict[str, Any], out: Path) -> str:
             f"  checkpoint  {record['checkpoint']} (model.yaml `model`)",
             f"  world size  {record['world_size']} = {record['nodes']} node(s) x "
             f"{min(record['world_size'], record['gpus_per_node'])} GPU(s)",
-            f"  launch      {out / LAUNCH_DIR}: serve-docker.sh, serve-mpirun.sh, serve.sbatch, "
-            "lws.yaml, Dockerfile",
+            f"  launch      {out / LAUNCH_DIR}: "
+            + ", ".join(sorted(p.name for p in (out / LAUNCH_DIR).iterdir())),
             f"  container   {record['container']}",
         ]
     )
