@@ -24,10 +24,10 @@ class Stage:
 def run_demo(
     root: Path, *, seed: int = 0, on_stage: Callable[[Stage], None] = lambda s: None
 ) -> list[Stage]:
-    """synth -> inspect -> convert -> verify -> chat -> plan -> build (more join as they are built).
+    """synth -> inspect -> convert -> verify -> chat -> plan -> build -> package (more join as they are built).
 
     >>> [s.name for s in run_demo(Path("/tmp/demo"))]  # doctest: +SKIP
-    ['synth', 'inspect', 'convert', 'verify', 'chat', 'plan', 'build']
+    ['synth', 'inspect', 'convert', 'verify', 'chat', 'plan', 'build', 'package']
     """
     stages: list[Stage] = []
 
@@ -62,6 +62,7 @@ def run_demo(
     done(_chat_stage(ckpt))
     done(_plan_stage(ckpt))
     done(_build_stage(root))
+    done(_package_stage(root))
     return stages
 
 
@@ -91,7 +92,9 @@ def _build_stage(root: Path) -> Stage:
     from k2trt.runtime import trtllm
 
     spec = BuildSpec(gpus="H100x1", context=4096, max_batch_size=8, model_name="kimi-k2-tiny")
-    bundle = build_bundle(root / "kimi-k2-tiny-trtllm", root / "kimi-k2-tiny-bundle", spec, force=True)
+    bundle = build_bundle(
+        root / "kimi-k2-tiny-trtllm", root / "kimi-k2-tiny-bundle", spec, force=True
+    )
     why = trtllm.unavailable()
     return Stage(
         "build",
@@ -100,6 +103,23 @@ def _build_stage(root: Path) -> Stage:
         f"{len(bundle.record['checkpoint']['files'])} checkpoint files pinned by sha256; "
         f"executed: {bundle.record['executed']} ({why or 'run `k2trt build --run`'})",
         {"bundle": str(bundle.path), "executed": bundle.record["executed"]},
+    )
+
+
+def _package_stage(root: Path) -> Stage:
+    """The Triton model repository and launch files for the demo bundle."""
+    from k2trt.build.bundle import Bundle
+    from k2trt.triton_repo.repository import package
+
+    bundle = Bundle.load(root / "kimi-k2-tiny-bundle")
+    pkg = package(bundle, root / "kimi-k2-tiny-triton", force=True)
+    models = sorted(p.name for p in pkg.repository.iterdir() if p.is_dir())
+    launch = sorted(p.name for p in (pkg.path / "launch").iterdir())
+    return Stage(
+        "package",
+        f"Triton repository {pkg.path.name}: {', '.join(models)}; launch/ "
+        f"({', '.join(launch)}) for world size {bundle.world_size}",
+        {"path": str(pkg.path), "models": models, "launch": launch},
     )
 
 
