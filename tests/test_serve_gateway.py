@@ -303,6 +303,17 @@ def test_client_disconnect_cancels_generation(serve: Serve, stream: bool) -> Non
     assert metric(gateway, "k2trt_requests_total", {"route": CHAT, "status": "499"}) == 1
 
 
+def test_accepted_connections_have_nagle_off() -> None:
+    # uvicorn's own bind_socket() makes proto-0 sockets, on which asyncio leaves Nagle on: the
+    # last small write of every streamed answer then waits ~40 ms for a delayed ACK.
+    server = ServerThread(create_app(ScriptedBackend()))
+    with server, httpx.Client(base_url=server.url) as client:
+        assert client.get("/health").status_code == 200  # the connection stays open
+        [connection] = server.server.server_state.connections
+        sock = connection.transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+
+
 # ---------------------------------------------------------------------------------------------
 # Observability
 

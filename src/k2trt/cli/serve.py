@@ -82,7 +82,7 @@ def command(
     uv = make_config(gateway, host, port, drain_timeout)
     try:
         sock = bind(uv)
-    except (OSError, SystemExit) as exc:  # uvicorn exits when the address is taken
+    except OSError as exc:
         raise K2Error(f"cannot listen on {host}:{port} ({exc})") from None
     url = url_of(sock)
     OUTPUT.result(

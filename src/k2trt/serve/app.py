@@ -11,18 +11,18 @@ closed, which stops generation.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hmac
 import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -202,33 +202,40 @@ def parse_json(body: bytes) -> Any:
         raise ApiError(400, f"body: not valid JSON ({exc})", param="body") from None
 
 
-async def until_disconnect(receive: Receive, work: Awaitable[None], ex: Exchange) -> None:
-    """Run `work`, cancelled as soon as the client disconnects (sets `ex.disconnected`)."""
-    async with anyio.create_task_group() as group:
+async def until_disconnect(receive: Receive, work: Coroutine[Any, Any, None], ex: Exchange) -> None:
+    """Run `work` in a task of its own, cancelled as soon as the client disconnects (sets
+    `ex.disconnected`). Plain asyncio: a cancellation is delivered once, so `work` can still
+    close the backend stream in its `finally`."""
+    task = asyncio.ensure_future(work)
 
-        async def watch() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            if not ex.complete:
-                ex.disconnected = True
-                group.cancel_scope.cancel()
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        if not ex.complete:
+            ex.disconnected = True
+            task.cancel()
 
-        group.start_soon(watch)
-        try:
-            await work
-        finally:
-            group.cancel_scope.cancel()
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await task
+    except asyncio.CancelledError:
+        if not (ex.disconnected and task.cancelled()):
+            raise  # cancelled from outside (the server's drain timeout): not ours to absorb
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
 
 
 async def close_quietly(iterator: AsyncIterator[ChatChunk]) -> None:
-    """Close a backend iterator (stops generation), even inside a cancelled scope."""
+    """Close a backend iterator: stops generation (a closed LocalBackend or Triton stream
+    cancels its request)."""
     aclose = getattr(iterator, "aclose", None)
     if aclose is not None:
-        with anyio.CancelScope(shield=True):
-            try:
-                await aclose()
-            except Exception:
-                log.exception("closing the backend stream failed")
+        try:
+            await aclose()
+        except Exception:
+            log.exception("closing the backend stream failed")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,6 +259,7 @@ class Gateway:
         self.readiness = Readiness(backend, self.config.ready_ttl_s)
         self._keys = tuple(k.encode() for k in self.config.api_keys)
         self._created = int(time.time())
+        self._chat = {OPENAI.route: OPENAI, ANTHROPIC.route: ANTHROPIC}
         self._app = self._starlette()
 
     def _starlette(self) -> Starlette:
@@ -285,8 +293,13 @@ class Gateway:
             await send(message)
 
         try:
-            if scope["path"] in OPEN_PATHS or self.authorized(scope["headers"]):
-                await self._app(scope, receive, tracked)
+            path = scope["path"]
+            if path in OPEN_PATHS or self.authorized(scope["headers"]):
+                api = self._chat.get(path)
+                if api is not None and scope["method"] == "POST":  # the hot path skips routing
+                    await self.chat(api, scope, receive, tracked)
+                else:
+                    await self._app(scope, receive, tracked)
             else:
                 err = ApiError(401, "invalid or missing API key", code="invalid_api_key")
                 await send_json(tracked, 401, error_shape(scope["path"])(err))

@@ -221,6 +221,13 @@ def completion(completion_id: str, created: int, model: str, answer: Answer) -> 
     }
 
 
+def _tail(finish: str | None) -> bytes:
+    return f',"logprobs":null,"finish_reason":{dumps(finish)}}}]}}\n\n'.encode()
+
+
+_OPEN_TAIL = _tail(None)  # every chunk but the last
+
+
 class ChunkWriter:
     """Server-sent events of one streamed completion: `data: {chunk}` ... `data: [DONE]`.
 
@@ -237,8 +244,8 @@ class ChunkWriter:
         self.answer = Answer()
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
-        tail = f',"logprobs":null,"finish_reason":{dumps(finish)}}}]}}\n\n'
-        return self._head + dumps(delta).encode() + tail.encode()
+        tail = _OPEN_TAIL if finish is None else _tail(finish)
+        return self._head + dumps(delta).encode() + tail
 
     def start(self) -> bytes:
         """The first event: the assistant role."""
