@@ -7,10 +7,14 @@ scripted backend behind it. The real tritonserver runs in the `triton`-marked te
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import grpc
 import numpy as np
@@ -31,6 +35,7 @@ from k2trt.serve.app import ServeConfig, create_app
 from k2trt.serve.scripted import ScriptedBackend
 from k2trt.serve.server import ServerThread
 from k2trt.serve.triton_backend import EMPTY_FINAL, FINAL, TritonBackend, TritonError
+from triton_fixtures import require_cpu_triton, tiny_package  # noqa: F401  (fixture)
 
 CALL = (
     "Checking.<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0"
@@ -113,6 +118,16 @@ async def start_grpc(service: ChatService) -> tuple[Any, str]:
 
 async def collect(backend: TritonBackend, request: ChatRequest) -> list[ChatChunk]:
     return [c async for c in backend.stream(request)]
+
+
+def raw_request(url: str, body: dict[str, Any]) -> socket.socket:
+    """A POST on a plain socket, so the test decides when the connection drops."""
+    where = urlparse(url)
+    sock = socket.create_connection((where.hostname, where.port))
+    data = json.dumps(body).encode()
+    head = "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+    sock.sendall(head.encode() + f"content-length: {len(data)}\r\n\r\n".encode() + data)
+    return sock
 
 
 def run_with_server(service: ChatService, test: Any) -> Any:
@@ -311,3 +326,74 @@ def test_rejection_text_matches_the_chat_model() -> None:
     exc = model_error(f"in model 'chat': {text}")
     assert isinstance(exc, RequestRejected)
     assert (exc.field, str(exc)) == ("max_tokens", "max_tokens must be at least 1")
+
+
+# ---------------------------------------------------------------------------------------------
+# The real tritonserver (CPU build from nvidia-pytriton) serving the packaged repository with
+# the CPU stand-in for tensorrt_llm: the gateway's Triton path end to end.
+
+REAL_REPLIES = [CALL, "It is sunny.", CALL, "It is sunny.", "word " * 300]
+REAL_TOOLS: Any = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
+
+
+@pytest.mark.triton
+@pytest.mark.slow
+def test_gateway_over_the_real_cpu_triton(tiny_package: Path, tmp_path: Path) -> None:  # noqa: F811
+    require_cpu_triton()
+    import anthropic
+
+    from k2trt.triton_repo.cpu_server import CpuTritonServer
+    from k2trt.triton_repo.repository import REPOSITORY_DIR
+
+    script = tmp_path / "script.json"
+    script.write_text(json.dumps({"replies": REAL_REPLIES, "delay_s": 0.02}))
+    repo = tiny_package / REPOSITORY_DIR
+    with CpuTritonServer(repo, env={"K2TRT_SCRIPT": str(script)}) as triton:
+        backend = TritonBackend(triton.grpc_url, model_id="kimi-k2")
+        with ServerThread(create_app(backend)) as gateway:
+            client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="x", max_retries=0)
+            first = client.chat.completions.create(model="m", messages=HELLO, tools=REAL_TOOLS)
+            [call] = first.choices[0].message.tool_calls or []
+            assert (first.choices[0].finish_reason, call.function.name) == (
+                "tool_calls",
+                "get_weather",
+            )
+            result = {"role": "tool", "tool_call_id": call.id, "content": "sunny"}
+            history = [*HELLO, first.choices[0].message.model_dump(exclude_none=True), result]
+            final = client.chat.completions.create(model="m", messages=history, tools=REAL_TOOLS)
+            assert final.choices[0].message.content == "It is sunny."
+
+            claude = anthropic.Anthropic(base_url=gateway.url, api_key="x", max_retries=0)
+            tools: Any = [{"name": "get_weather", "input_schema": {"type": "object"}}]
+            with claude.messages.stream(
+                model="m", max_tokens=100, messages=HELLO, tools=tools
+            ) as s:
+                message = s.get_final_message()
+            assert message.stop_reason == "tool_use"
+            use = message.content[-1]
+            assert use.type == "tool_use" and use.input == {"city": "Paris"}
+            answer = claude.messages.create(
+                model="m",
+                max_tokens=100,
+                tools=tools,
+                messages=[
+                    *HELLO,
+                    {"role": "assistant", "content": [b.model_dump() for b in message.content]},
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "tool_result", "tool_use_id": use.id, "content": "sunny"}
+                        ],
+                    },
+                ],
+            )
+            assert answer.content[0].type == "text" and answer.content[0].text == "It is sunny."
+
+            # The client leaves mid-stream: Triton's chat model must hear of it.
+            sock = raw_request(gateway.url, {"messages": HELLO, "stream": True})
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+            sock.close()
+            deadline = time.monotonic() + 10
+            while "cancelled by the client" not in triton.log_text():
+                assert time.monotonic() < deadline, triton.log_text()[-3000:]
+                time.sleep(0.05)
