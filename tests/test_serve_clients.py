@@ -6,6 +6,8 @@ $K2TRT_SCRIPT (the real tokenizer, stop ids and tool-call parser)."""
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from k2trt.runtime.local import LocalBackend
 from k2trt.runtime.scripted import SCRIPT_ENV
 from k2trt.runtime.types import ChatBackend
 from k2trt.serve.app import ServeConfig, create_app
+from k2trt.serve.demo import roundtrip
 from k2trt.serve.scripted import ScriptedBackend
 from k2trt.serve.server import ServerThread
 
@@ -223,3 +226,21 @@ def test_round_trips_on_the_local_backend(local: str) -> None:
     assert first.model == "tiny-kimi"
     assert first.usage is not None and first.usage.prompt_tokens > 20
     anthropic_round_trip(an(local), stream=False)
+
+
+@pytest.mark.parametrize("client", ["openai", "urllib"])
+def test_demo_round_trip(tiny_ckpt: Path, monkeypatch: pytest.MonkeyPatch, client: str) -> None:
+    if client == "urllib":
+        monkeypatch.setitem(sys.modules, "openai", None)  # `import openai` fails: the fallback
+    monkeypatch.setenv(SCRIPT_ENV, "left alone")
+    summary = roundtrip(tiny_ckpt)
+    assert summary.pop("url").startswith("http://127.0.0.1:")
+    assert summary == {
+        "model": "tiny",
+        "client": client,
+        "chat": "Hello! I am a tiny Kimi K2.",
+        "tool_call": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+        "answer": "It is sunny in Paris, 22 °C.",
+        "finish_reasons": ["stop", "tool_calls", "stop"],
+    }
+    assert os.environ[SCRIPT_ENV] == "left alone"
