@@ -263,6 +263,8 @@ class Gateway:
         self._app = self._starlette()
 
     def _starlette(self) -> Starlette:
+        # Chat POSTs are dispatched in __call__ before routing; the chat routes are listed here
+        # too, so that other methods on them get a 405.
         routes = [
             Route(OPENAI.route, ChatEndpoint(self, OPENAI), methods=["POST"]),
             Route(ANTHROPIC.route, ChatEndpoint(self, ANTHROPIC), methods=["POST"]),
