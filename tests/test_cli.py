@@ -135,7 +135,7 @@ def test_synth_cli_and_bad_options(capsys: pytest.CaptureFixture[str], tmp_path:
 def test_demo_runs_each_stage(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, out, _ = run(capsys, "demo", "--workdir", str(tmp_path))
     lines = out.splitlines()
-    assert code == 0 and len(lines) == 9
+    assert code == 0 and len(lines) == 10
     assert lines[0].startswith("[synth] wrote a tiny Kimi K2 checkpoint: 166 tensors in 3 shards")
     assert lines[1].startswith("[inspect] deepseek_v3 (kimi_k2), 3,963,912 parameters, 72 scales")
     assert lines[2].startswith("[convert] prepared kimi-k2-tiny-trtllm (163 tensors, 3 rotary")
@@ -146,9 +146,14 @@ def test_demo_runs_each_stage(capsys: pytest.CaptureFixture[str], tmp_path: Path
         'parsed a streamed tool call: get_weather({"city": "Beijing"}), content \'Let me check.\''
     )
     assert lines[5].startswith("[plan] tiny model fits 1 x H100; Kimi K2 at 128K context on 16")
-    assert lines[6].startswith("[build] bundle kimi-k2-tiny-bundle: TP1 EP1 on 1 x H100, moe CUTLASS")
+    assert lines[6].startswith("[build] bundle kimi-k2-tiny-bundle: TP1 EP1 on 1 x H100, moe CUT")
     assert lines[7].startswith("[package] Triton repository kimi-k2-tiny-triton: chat, post")
-    assert lines[8] == f"demo ok: 8 stages in {tmp_path}"
+    assert lines[8].startswith("[serve] OpenAI API at http://127.0.0.1:")
+    assert lines[8].endswith(
+        'get_weather({"city": "Paris"}) -> tool result -> \'It is sunny in Paris, 22 °C.\' '
+        "(finish stop, tool_calls, stop)"
+    )
+    assert lines[9] == f"demo ok: 9 stages in {tmp_path}"
     code, out, _ = run(capsys, "--json", "demo", "--workdir", str(tmp_path / "j"))
     assert [s["name"] for s in json.loads(out)["stages"]] == [
         "synth",
@@ -159,4 +164,5 @@ def test_demo_runs_each_stage(capsys: pytest.CaptureFixture[str], tmp_path: Path
         "plan",
         "build",
         "package",
+        "serve",
     ]

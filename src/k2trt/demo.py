@@ -24,10 +24,10 @@ class Stage:
 def run_demo(
     root: Path, *, seed: int = 0, on_stage: Callable[[Stage], None] = lambda s: None
 ) -> list[Stage]:
-    """synth -> inspect -> convert -> verify -> chat -> plan -> build -> package (more join as they are built).
+    """synth -> inspect -> convert -> verify -> chat -> plan -> build -> package -> serve.
 
     >>> [s.name for s in run_demo(Path("/tmp/demo"))]  # doctest: +SKIP
-    ['synth', 'inspect', 'convert', 'verify', 'chat', 'plan', 'build', 'package']
+    ['synth', 'inspect', 'convert', 'verify', 'chat', 'plan', 'build', 'package', 'serve']
     """
     stages: list[Stage] = []
 
@@ -63,6 +63,7 @@ def run_demo(
     done(_plan_stage(ckpt))
     done(_build_stage(root))
     done(_package_stage(root))
+    done(_serve_stage(root))
     return stages
 
 
@@ -96,10 +97,11 @@ def _build_stage(root: Path) -> Stage:
         root / "kimi-k2-tiny-trtllm", root / "kimi-k2-tiny-bundle", spec, force=True
     )
     why = trtllm.unavailable()
+    options = bundle.options
     return Stage(
         "build",
         f"bundle {bundle.path.name}: {bundle.record['layout']['label']} on 1 x H100, moe "
-        f"{bundle.options['moe_config']['backend']}, KV {bundle.options['kv_cache_config']['dtype']}, "
+        f"{options['moe_config']['backend']}, KV {options['kv_cache_config']['dtype']}, "
         f"{len(bundle.record['checkpoint']['files'])} checkpoint files pinned by sha256; "
         f"executed: {bundle.record['executed']} ({why or 'run `k2trt build --run`'})",
         {"bundle": str(bundle.path), "executed": bundle.record["executed"]},
@@ -120,6 +122,21 @@ def _package_stage(root: Path) -> Stage:
         f"Triton repository {pkg.path.name}: {', '.join(models)}; launch/ "
         f"({', '.join(launch)}) for world size {bundle.world_size}",
         {"path": str(pkg.path), "models": models, "launch": launch},
+    )
+
+
+def _serve_stage(root: Path) -> Stage:
+    """`k2trt serve` over the CPU reference backend: a chat and a scripted tool round trip."""
+    from k2trt.serve.demo import roundtrip
+
+    r = roundtrip(root / "kimi-k2-tiny-trtllm", "kimi-k2-tiny")
+    call = r["tool_call"]
+    return Stage(
+        "serve",
+        f"OpenAI API at {r['url']} ({r['client']} client): streamed chat, then "
+        f"{call['name']}({call['arguments']}) -> tool result -> {r['answer']!r} "
+        f"(finish {', '.join(r['finish_reasons'])})",
+        r,
     )
 
 

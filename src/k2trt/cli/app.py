@@ -9,7 +9,7 @@ import traceback
 import typer
 
 from k2trt import __version__
-from k2trt.cli import build, chat, convert, demo, inspect, package, plan, synth
+from k2trt.cli import build, chat, convert, demo, inspect, package, plan, serve, synth
 from k2trt.errors import K2Error
 from k2trt.output import OUTPUT
 
@@ -57,6 +57,7 @@ app.command("verify")(convert.verify)
 app.command("plan")(plan.command)
 app.command("build")(build.command)
 app.command("package")(package.command)
+app.command("serve")(serve.command)
 app.command("demo")(demo.command)
 app.add_typer(chat.app, name="chat")
 
