@@ -22,7 +22,7 @@ from k2trt.runtime.types import SamplingParams, never
 def unavailable() -> str | None:
     """Why TensorRT-LLM cannot run here, or None when it can (import + a CUDA device)."""
     if importlib.util.find_spec("tensorrt_llm") is None:
-        return "tensorrt_llm is not installed (NVIDIA ships it in tritonserver *-trtllm-python-py3)"
+        return "tensorrt_llm is not installed; NVIDIA ships it in tritonserver *-trtllm-python-py3"
     import torch
 
     if not torch.cuda.is_available():
