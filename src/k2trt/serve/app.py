@@ -146,6 +146,8 @@ class Exchange:
     disconnected: bool = False
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    accounted: bool = False  # the answer's tokens and duration are in the metrics
+    recorded: bool = False  # the request is logged and counted
 
 
 class ClientGone(Exception):
@@ -292,6 +294,9 @@ class Gateway:
         async def tracked(message: Message) -> None:
             if message["type"] == "http.response.start":
                 ex.status = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                # Counted before the last byte: a client holding its answer finds it counted.
+                self._record(scope, ex)
             await send(message)
 
         try:
@@ -327,6 +332,9 @@ class Gateway:
         return ok
 
     def _record(self, scope: Scope, ex: Exchange) -> None:
+        if ex.recorded:
+            return
+        ex.recorded = True
         status = CLIENT_CLOSED if ex.disconnected else ex.status or 500
         path = scope["path"]
         route = path if path in ROUTE_LABELS else "other"
@@ -485,6 +493,9 @@ class Gateway:
         raise ApiError(500, "backend error: the answer ended without a finish_reason")
 
     def _account(self, answer: Answer, ex: Exchange) -> None:
+        if ex.accounted:
+            return
+        ex.accounted = True
         ex.prompt_tokens, ex.completion_tokens = answer.prompt_tokens, answer.completion_tokens
         self.metrics.tokens(answer.prompt_tokens, answer.completion_tokens)
         self.metrics.duration.observe(time.perf_counter() - ex.start)
@@ -527,6 +538,7 @@ class Gateway:
                 await send(
                     {"type": "http.response.body", "body": writer.fail(err), "more_body": True}
                 )
+            self._account(writer.answer, ex)
             ex.complete = True
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:  # the client went away mid-send
