@@ -364,6 +364,7 @@ def test_stop_string_split_across_tokens(files: ModelFiles) -> None:
     chunks, last, out = stream_ids(files, req, ids)
     assert "".join(c.content for c in [*chunks, last]) == "Hello "
     assert out.done and last.finish_reason == "stop"
+    assert last.stop_sequence == "world,"  # the string as the request gave it, not a piece
     # Ids after the match are not counted (the caller stops the engine at `done`).
     assert last.completion_tokens == len(tok.encode("Hello wor") + tok.encode("ld,"))
 
@@ -377,13 +378,32 @@ def test_stop_string_held_then_released(files: ModelFiles) -> None:
     assert "".join(c.content for c in second) == ""
     last = out.finish()
     assert (last.content, last.finish_reason, out.done) == ("END", "stop", False)
+    assert last.stop_sequence is None  # held back, never completed
 
 
-def test_earliest_stop_string_wins() -> None:
-    stops = StopStrings(("cd", "bcde"))  # "bcde" starts first, though "cd" ends first
-    assert stops.feed("abcdef") == "a"
-    assert stops.matched
+def test_the_stop_string_that_ends_first_wins() -> None:
+    stops = StopStrings(("bcde", "cd"))  # "bcde" starts first, but "cd" ends first
+    assert stops.feed("abcdef") == "ab"
+    assert stops.matched == "cd"
     assert stops.feed("more") == ""
+    tie = StopStrings(("bc", "abc"))  # both end at once: the longer one
+    assert (tie.feed("xabcx"), tie.matched) == ("x", "abc")
+
+
+@pytest.mark.parametrize("cut", range(1, 6))
+def test_stop_match_does_not_depend_on_how_text_arrives(cut: int) -> None:
+    text = "xyzzy"
+    stops = StopStrings(("xyz", "y"))
+    released = stops.feed(text[:cut]) + stops.feed(text[cut:])
+    assert (released, stops.matched) == ("x", "y")
+
+
+def test_no_stop_string_no_stop_sequence(files: ModelFiles) -> None:
+    ids = files.tokenizer.encode("plain words")
+    _, by_end, _ = stream_ids(files, request(stop=("never",)), ids)
+    _, by_id, _ = stream_ids(files, request(stop=("never",)), [*ids, files.tokenizer.im_end_id])
+    assert (by_end.stop_sequence, by_id.stop_sequence) == (None, None)
+    assert (by_end.finish_reason, by_id.finish_reason) == ("stop", "stop")
 
 
 def test_stop_string_inside_tool_arguments_cuts_the_call(files: ModelFiles) -> None:
@@ -392,6 +412,7 @@ def test_stop_string_inside_tool_arguments_cuts_the_call(files: ModelFiles) -> N
     content, calls = accumulate(flatten([*chunks, last]))
     assert (content, calls[0]["arguments"]) == ("Let me check.", '{"city": "')
     assert out.done and last.finish_reason == "tool_calls"
+    assert last.stop_sequence == "Beijing"
 
 
 @pytest.mark.parametrize("stop_id", [1282, 1281])

@@ -115,7 +115,8 @@ def test_stop_string_stops_the_engine(files: ModelFiles) -> None:
     backend = LocalBackend(files, engine)
     chunks = asyncio.run(collect(backend, ChatRequest(USER, stop=("STOP",))))
     assert "".join(c.content for c in chunks) == "abc "
-    assert chunks[-1].finish_reason == "stop"
+    assert (chunks[-1].finish_reason, chunks[-1].stop_sequence) == ("stop", "STOP")
+    assert all(c.stop_sequence is None for c in chunks[:-1])
     assert engine.done.wait(2.0)
     assert engine.yielded < 20  # not the 200-odd ids of the whole reply
 

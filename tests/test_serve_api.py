@@ -561,3 +561,35 @@ def test_anthropic_message_object() -> None:
         {"type": "tool_use", "id": "x", "name": "get_weather", "input": {"raw_arguments": "{oops"}}
     ]
     assert out["stop_reason"] == "max_tokens"
+
+
+def stopped_chunks() -> list[ChatChunk]:
+    last = ChatChunk(
+        finish_reason="stop", prompt_tokens=3, completion_tokens=2, stop_sequence="END"
+    )
+    return [ChatChunk(content="Hello "), last]
+
+
+def test_anthropic_stop_sequence_in_message_and_stream() -> None:
+    answer = Answer()
+    for chunk in stopped_chunks():
+        answer.add(chunk)
+    out = message("msg_1", "kimi", answer)
+    assert (out["stop_reason"], out["stop_sequence"]) == ("stop_sequence", "END")
+    assert out["content"] == [{"type": "text", "text": "Hello "}]
+    writer = EventWriter("msg_1", "kimi")
+    events = anthropic_events(writer.start() + b"".join(writer.feed(c) for c in stopped_chunks()))
+    assert events[0][1]["message"]["stop_sequence"] is None
+    [delta] = [data for kind, data in events if kind == "message_delta"]
+    assert delta["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": "END"}
+
+
+def test_openai_stop_sequence_is_a_plain_stop() -> None:
+    answer = Answer()
+    for chunk in stopped_chunks():
+        answer.add(chunk)
+    assert completion("c", 1, "kimi", answer)["choices"][0]["finish_reason"] == "stop"
+    writer = ChunkWriter("c", 1, "kimi", include_usage=False)
+    events = sse_data(b"".join(writer.feed(c) for c in stopped_chunks()))
+    assert [e["choices"][0]["finish_reason"] for e in events[:-1]] == [None, "stop"]
+    assert all("stop_sequence" not in json.dumps(e) for e in events)

@@ -44,6 +44,7 @@ ANTHROPIC_TOOLS: Any = [
     }
 ]
 QUESTION: Any = [{"role": "user", "content": "Weather in Paris?"}]
+STOPPED = "Sunny, then rain."  # "then rain" spans tokens, of the tiny model and scripted alike
 
 
 def served(backend: ChatBackend) -> Iterator[str]:
@@ -69,7 +70,7 @@ def scripted() -> Iterator[tuple[str, ScriptedBackend]]:
 @pytest.fixture
 def local(tiny_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     script = tmp_path / "script.json"
-    script.write_text(json.dumps({"replies": [CALL, ANSWER, CALL, ANSWER]}))
+    script.write_text(json.dumps({"replies": [CALL, ANSWER, CALL, ANSWER, STOPPED, STOPPED]}))
     monkeypatch.setenv(SCRIPT_ENV, str(script))
     yield from served(LocalBackend.load(tiny_ckpt, "tiny-kimi"))
 
@@ -217,6 +218,31 @@ def test_anthropic_sdk_errors(scripted: tuple[str, ScriptedBackend]) -> None:
         )
 
 
+def anthropic_stop_sequence(client: anthropic.Anthropic, stream: bool) -> None:
+    """A stop sequence ends the turn: stop_reason "stop_sequence", and which one."""
+    kw: Any = {
+        "model": "m",
+        "max_tokens": 64,
+        "messages": QUESTION,
+        "stop_sequences": ["then rain"],
+    }
+    if stream:
+        with client.messages.stream(**kw) as s:
+            reply = s.get_final_message()
+    else:
+        reply = client.messages.create(**kw)
+    assert (reply.stop_reason, reply.stop_sequence) == ("stop_sequence", "then rain")
+    assert [(b.type, getattr(b, "text", None)) for b in reply.content] == [("text", "Sunny, ")]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_anthropic_sdk_stop_sequence(stream: bool) -> None:
+    for url in served(ScriptedBackend([STOPPED])):
+        anthropic_stop_sequence(an(url), stream)
+        reply = oa(url).chat.completions.create(model="m", messages=QUESTION, stop=["then rain"])
+        assert reply.choices[0].finish_reason == "stop"
+
+
 # ---------------------------------------------------------------------------------------------
 # The CPU reference backend (tiny model, scripted through the real token path and parser)
 
@@ -226,6 +252,8 @@ def test_round_trips_on_the_local_backend(local: str) -> None:
     assert first.model == "tiny-kimi"
     assert first.usage is not None and first.usage.prompt_tokens > 20
     anthropic_round_trip(an(local), stream=False)
+    for stream in (False, True):  # the real token path: a stop string split across tokens
+        anthropic_stop_sequence(an(local), stream)
 
 
 @pytest.mark.parametrize("client", ["openai", "urllib"])

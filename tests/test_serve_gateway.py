@@ -112,6 +112,23 @@ def test_parameters_reach_the_backend(serve: Serve) -> None:
     ]
 
 
+def test_a_stop_sequence_is_reported_by_name(serve: Serve) -> None:
+    client, _ = serve(ScriptedBackend(["Sunny today. Then rain, then sun."]))
+    body = {"max_tokens": 50, "messages": HELLO, "stop_sequences": ["then", "Then"]}
+    whole = client.post("/v1/messages", json=body).json()
+    assert whole["content"] == [{"type": "text", "text": "Sunny today. "}]
+    assert (whole["stop_reason"], whole["stop_sequence"]) == ("stop_sequence", "Then")
+    streamed = client.post("/v1/messages", json={**body, "stream": True}).text
+    [delta] = [e for e in streamed.split("\n\n") if e.startswith("event: message_delta")]
+    payload = json.loads(delta.split("data: ", 1)[1])["delta"]
+    assert payload == {"stop_reason": "stop_sequence", "stop_sequence": "Then"}
+    plain = client.post("/v1/messages", json={**body, "stop_sequences": ["never"]}).json()
+    assert (plain["stop_reason"], plain["stop_sequence"]) == ("end_turn", None)
+    openai = client.post(CHAT, json={"messages": HELLO, "stop": ["Then"]}).json()
+    assert openai["choices"][0]["finish_reason"] == "stop"
+    assert openai["choices"][0]["message"]["content"] == "Sunny today. "
+
+
 def test_unknown_route_and_method(serve: Serve) -> None:
     client, _ = serve()
     missing = client.get("/v1/nothing")

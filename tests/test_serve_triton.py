@@ -332,7 +332,8 @@ def test_rejection_text_matches_the_chat_model() -> None:
 # The real tritonserver (CPU build from nvidia-pytriton) serving the packaged repository with
 # the CPU stand-in for tensorrt_llm: the gateway's Triton path end to end.
 
-REAL_REPLIES = [CALL, "It is sunny.", CALL, "It is sunny.", "word " * 300]
+STOPPED = "Sunny, then rain."
+REAL_REPLIES = [CALL, "It is sunny.", CALL, "It is sunny.", STOPPED, STOPPED, "word " * 300]
 REAL_TOOLS: Any = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
 
 
@@ -388,6 +389,16 @@ def test_gateway_over_the_real_cpu_triton(tiny_package: Path, tmp_path: Path) ->
                 ],
             )
             assert answer.content[0].type == "text" and answer.content[0].text == "It is sunny."
+
+            # A stop sequence, cut by the chat model and named all the way to the client.
+            kw: Any = {"model": "m", "max_tokens": 50, "messages": HELLO}
+            kw["stop_sequences"] = ["then rain"]
+            stopped = claude.messages.create(**kw)
+            with claude.messages.stream(**kw) as s:
+                streamed = s.get_final_message()
+            for reply in (stopped, streamed):
+                assert (reply.stop_reason, reply.stop_sequence) == ("stop_sequence", "then rain")
+                assert [getattr(b, "text", None) for b in reply.content] == ["Sunny, "]
 
             # The client leaves mid-stream: Triton's chat model must hear of it.
             sock = raw_request(gateway.url, {"messages": HELLO, "stream": True})

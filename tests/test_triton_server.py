@@ -141,10 +141,12 @@ def test_http_generate_stream(cpu_triton: RunningTriton, files: ModelFiles) -> N
             finish_reason=e["finish_reason"] or None,
             prompt_tokens=e["prompt_tokens"],
             completion_tokens=e["completion_tokens"],
+            stop_sequence=e["stop_sequence"] or None,
         )
         for e in events
     ]
     assert_scripted_tool_call(chunks, files, req)
+    assert all(c.stop_sequence is None for c in chunks)
 
 
 def test_rejection_names_the_field(cpu_triton: RunningTriton) -> None:  # noqa: F811
@@ -164,6 +166,7 @@ def test_stop_string(cpu_triton: RunningTriton) -> None:  # noqa: F811
     chunks = grpc_chat(cpu_triton.server.grpc_url, req)
     assert "".join(c.content for c in chunks) == "Let me check the "
     assert chunks[-1].finish_reason == "stop" and not any(c.tool_calls for c in chunks)
+    assert [c.stop_sequence for c in chunks] == [None] * (len(chunks) - 1) + ["weather"]
 
 
 def test_client_cancel_stops_generation(cpu_triton: RunningTriton) -> None:  # noqa: F811

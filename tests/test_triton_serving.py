@@ -127,6 +127,7 @@ def test_stop_string_ends_the_turn_and_the_llm_stops_itself(pb: FakePb) -> None:
     got = chunks(request)
     assert "".join(c.content for c in got) == "Let me check the "
     assert got[-1].finish_reason == "stop" and not any(c.tool_calls for c in got)
+    assert [c.stop_sequence for c in got] == [None] * (len(got) - 1) + ["weather"]
     assert got[-1].completion_tokens < len(REPLY) // 4
     # The LLM saw the stop string itself: no cancel request was needed.
     assert pb.bls_calls.count(spec.LLM_MODEL) == 1

@@ -24,10 +24,12 @@ of it.
 
 Ending a turn: a stop id (`<|im_end|>`, `[EOS]`, generation_config's) is counted in
 `completion_tokens` but never becomes content; a stop string (`request.stop`) cuts the output
-before the match, text that could be the start of one is held back until it cannot. Either
-sets `DeltaStream.done`, and ids fed after it are ignored. The final chunk carries whatever
-was still held back (content and tool-call deltas both, in the rare case there are both:
-content first), finish_reason ("tool_calls" whenever a call was kept) and usage.
+before the match (the stop string that ends first, however the text arrived), text that
+could be the start of one is held back until it cannot. Either sets `DeltaStream.done`, and
+ids fed after it are ignored. The final chunk carries whatever was still held back (content
+and tool-call deltas both, in the rare case there are both: content first), finish_reason
+("tool_calls" whenever a call was kept), usage, and `stop_sequence`: the stop string that
+matched, as the request spelled it.
 """
 
 from __future__ import annotations
@@ -326,29 +328,47 @@ def prepare(files: ModelFiles, request: ChatRequest) -> Prepared:
 # Generated ids -> chunks
 
 
+def first_stop(text: str, stops: Sequence[str]) -> tuple[int, str] | None:
+    """(where it starts, which) of the stop string that ends first in `text`, or None.
+
+    The one that ends first is what a token-by-token reader meets first, so the answer does
+    not depend on how the text was cut into pieces; of two ending at once, the longer wins.
+
+    >>> first_stop("abcdef", ("bcde", "cd")), first_stop("abc", ("x",))
+    ((2, 'cd'), None)
+    """
+    found = [(i + len(s), i, s) for s in stops if s and (i := text.find(s)) >= 0]
+    if not found:
+        return None
+    _, start, stop = min(found)
+    return start, stop
+
+
 class StopStrings:
     """Cuts streamed text at the first stop string; holds back a tail that may start one.
 
+    `matched` is the stop string that matched (None until one does).
+
     >>> s = StopStrings(("END",))
     >>> s.feed("abc E"), s.feed("ND tail"), s.matched
-    ('abc ', '', True)
+    ('abc ', '', 'END')
     """
 
     def __init__(self, stops: Sequence[str]) -> None:
         self.stops = tuple(s for s in stops if s)
         self._held = ""
-        self.matched = False
+        self.matched: str | None = None
 
     def feed(self, text: str) -> str:
         """Text that is safe to release now."""
-        if self.matched:
+        if self.matched is not None:
             return ""
         if not self.stops:
             return text
         buf = self._held + text
-        cut = min((i for i in (buf.find(s) for s in self.stops) if i >= 0), default=-1)
-        if cut >= 0:
-            self.matched = True
+        hit = first_stop(buf, self.stops)
+        if hit is not None:
+            cut, self.matched = hit
             self._held = ""
             return buf[:cut]
         keep = self._partial_tail(buf)
@@ -449,7 +469,7 @@ class DeltaStream:
     @property
     def done(self) -> bool:
         """A stop string matched or a stop id came: the caller should stop generating."""
-        return self._stopped_by_id or self._stops.matched
+        return self._stopped_by_id or self._stops.matched is not None
 
     def feed(self, ids: Sequence[int]) -> list[ChatChunk]:
         """Chunks for newly generated ids (no finish_reason); ids after `done` are ignored."""
@@ -473,10 +493,10 @@ class DeltaStream:
 
         finish_reason is "tool_calls" when a call was kept, else `reason` (the caller says
         "length" when max_tokens ran out) unless a stop id or stop string ended the turn,
-        else "stop".
+        else "stop". `stop_sequence` names the stop string that ended the turn, if one did.
         """
         events, self._pending = self._pending, []
-        if not self._stops.matched:
+        if self._stops.matched is None:
             tail = self._stops.feed(self._decoder.flush()) + self._stops.flush()
             events += self._parser.feed(tail) if tail else []
         events += self._parser.finish()
@@ -493,4 +513,5 @@ class DeltaStream:
             last.finish_reason = reason
         last.prompt_tokens = self._prompt_tokens
         last.completion_tokens = self.completion_tokens
+        last.stop_sequence = self._stops.matched
         return last

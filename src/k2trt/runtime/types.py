@@ -70,13 +70,15 @@ class ChatChunk:
     `tool_calls` holds OpenAI stream tool-call deltas: the first for a call carries `index`,
     `id`, `type` and `function.name` (arguments ""), later ones `index` and an
     `function.arguments` piece. `finish_reason` ("stop" | "length" | "tool_calls") and the token
-    counts are set on the last chunk only."""
+    counts are set on the last chunk only, and so is `stop_sequence`: the request's stop
+    string that ended the turn, exactly as listed (None when none did)."""
 
     content: str = ""
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    stop_sequence: str | None = None
 
 
 class BackendUnavailable(Exception):

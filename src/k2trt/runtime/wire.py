@@ -8,9 +8,12 @@ carry lists/objects as JSON text.
 >>> req = ChatRequest(messages=[{"role": "user", "content": "hi"}], max_tokens=8, stop=("x",))
 >>> inputs_to_request(request_to_inputs(req)) == req
 True
->>> c = ChatChunk(content="é", finish_reason="stop", prompt_tokens=3, completion_tokens=1)
+>>> c = ChatChunk(content="é", finish_reason="stop", prompt_tokens=3, completion_tokens=1,
+...               stop_sequence="END")
 >>> outputs_to_chunk(chunk_to_outputs(c)) == c
 True
+>>> chunk_to_outputs(ChatChunk(content="é"))["stop_sequence"]  # "" on the wire: none
+array([b''], dtype=object)
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ CHAT_OUTPUTS: tuple[WireField, ...] = (
     WireField("finish_reason", "TYPE_STRING", optional=False),  # "" until the last response
     WireField("prompt_tokens", "TYPE_INT32", optional=False),
     WireField("completion_tokens", "TYPE_INT32", optional=False),
+    WireField("stop_sequence", "TYPE_STRING", optional=False),  # the stop string that ended it
 )
 
 NUMPY_TYPES: dict[str, Any] = {
@@ -155,6 +159,7 @@ def chunk_to_outputs(chunk: ChatChunk) -> dict[str, NDArray[Any]]:
         "finish_reason": _tensor("finish_reason", chunk.finish_reason or ""),
         "prompt_tokens": _tensor("prompt_tokens", chunk.prompt_tokens),
         "completion_tokens": _tensor("completion_tokens", chunk.completion_tokens),
+        "stop_sequence": _tensor("stop_sequence", chunk.stop_sequence or ""),
     }
 
 
@@ -166,4 +171,5 @@ def outputs_to_chunk(arrays: Mapping[str, NDArray[Any]]) -> ChatChunk:
         finish_reason=_scalar(arrays, "finish_reason") or None,
         prompt_tokens=int(_scalar(arrays, "prompt_tokens")),
         completion_tokens=int(_scalar(arrays, "completion_tokens")),
+        stop_sequence=_scalar(arrays, "stop_sequence") or None,
     )

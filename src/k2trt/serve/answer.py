@@ -36,6 +36,7 @@ class Answer:
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    stop_sequence: str | None = None  # the stop string that ended the answer, if one did
 
     def add(self, chunk: ChatChunk) -> None:
         """Fold one chunk in."""
@@ -54,6 +55,7 @@ class Answer:
             self.finish_reason = chunk.finish_reason
             self.prompt_tokens = chunk.prompt_tokens
             self.completion_tokens = chunk.completion_tokens
+            self.stop_sequence = chunk.stop_sequence
 
     @property
     def content(self) -> str:

@@ -12,10 +12,12 @@ Mapping (the model sees OpenAI-shaped messages rendered by its chat template):
 - `temperature` (0..1, default 1) x 0.6: Kimi's recommended 0.6 at Anthropic's default 1.0;
   `top_k` is accepted and ignored; `stop_sequences` -> stop strings.
 
-Answers: stop_reason `end_turn` / `max_tokens` / `tool_use` (a stop sequence ends the turn
-as `end_turn`: the backend does not say which sequence matched). A tool call whose arguments
-are not a JSON object is returned as `{"raw_arguments": TEXT}` (non-streamed) so nothing is
-lost; streamed, the argument text goes out as `input_json_delta` pieces as generated.
+Answers: stop_reason `end_turn` / `max_tokens` / `tool_use`, or `stop_sequence` with
+`stop_sequence` naming the one of `stop_sequences` that ended the turn (even inside a tool
+call: the call is cut there, so the turn is not a finished `tool_use`). A tool call whose
+arguments are not a JSON object is returned as `{"raw_arguments": TEXT}` (non-streamed) so
+nothing is lost; streamed, the argument text goes out as `input_json_delta` pieces as
+generated.
 """
 
 from __future__ import annotations
@@ -233,6 +235,22 @@ def _usage(answer: Answer) -> dict[str, int]:
     return {"input_tokens": answer.prompt_tokens, "output_tokens": answer.completion_tokens}
 
 
+def stop_fields(finish_reason: str | None, stop_sequence: str | None) -> dict[str, Any]:
+    """`stop_reason` and `stop_sequence` of a finished answer.
+
+    >>> stop_fields("stop", "END")
+    {'stop_reason': 'stop_sequence', 'stop_sequence': 'END'}
+    >>> stop_fields("tool_calls", None)
+    {'stop_reason': 'tool_use', 'stop_sequence': None}
+    """
+    if stop_sequence:
+        return {"stop_reason": "stop_sequence", "stop_sequence": stop_sequence}
+    return {
+        "stop_reason": STOP_REASONS.get(finish_reason or "stop", "end_turn"),
+        "stop_sequence": None,
+    }
+
+
 def message(message_id: str, model: str, answer: Answer) -> dict[str, Any]:
     """The non-streamed Messages response."""
     content: list[dict[str, Any]] = []
@@ -248,8 +266,7 @@ def message(message_id: str, model: str, answer: Answer) -> dict[str, Any]:
         "role": "assistant",
         "model": model,
         "content": content,
-        "stop_reason": STOP_REASONS.get(answer.finish_reason or "stop", "end_turn"),
-        "stop_sequence": None,
+        **stop_fields(answer.finish_reason, answer.stop_sequence),
         "usage": _usage(answer),
     }
 
@@ -322,10 +339,9 @@ class EventWriter:
             out += self._tool(delta)
         if chunk.finish_reason is None:
             return out
-        stop = STOP_REASONS.get(chunk.finish_reason, "end_turn")
         end = {
             "type": "message_delta",
-            "delta": {"stop_reason": stop, "stop_sequence": None},
+            "delta": stop_fields(chunk.finish_reason, chunk.stop_sequence),
             "usage": _usage(self.answer),
         }
         return (

@@ -14,6 +14,7 @@ model-backed equivalent is `k2trt.runtime.local.LocalBackend` with $K2TRT_SCRIPT
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 import time
@@ -21,6 +22,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Sequence
 
 from k2trt.chat.toolcalls import MARKERS, ToolCallParser, to_openai_stream_deltas
+from k2trt.runtime.chat import first_stop
 from k2trt.runtime.types import BackendUnavailable, ChatChunk, ChatRequest, RequestRejected
 
 _MARKER_SPLIT = re.compile("(" + "|".join(re.escape(m) for m in MARKERS) + ")")
@@ -130,10 +132,10 @@ class ScriptedBackend:
 
     def _plan(self, index: int, request: ChatRequest) -> list[ChatChunk]:
         plan = self._plans[index]
-        if request.stop:
-            text = self._replies[index]
-            cuts = [i for i in (text.find(s) for s in request.stop) if i >= 0]
-            plan = reply_chunks(text[: min(cuts)], self._chars) if cuts else plan
+        hit = first_stop(self._replies[index], request.stop)
+        if hit is not None:  # cut where the model's output would be, and say which stop
+            plan = reply_chunks(self._replies[index][: hit[0]], self._chars)
+            plan[-1].stop_sequence = hit[1]
         if request.max_tokens is not None and request.max_tokens < len(plan):
             kept = [ChatChunk(c.content, list(c.tool_calls)) for c in plan[: request.max_tokens]]
             kept[-1].finish_reason = "length"
@@ -151,13 +153,7 @@ class ScriptedBackend:
             last = plan[-1]
             if self.delay_s:
                 await asyncio.sleep(self.delay_s)
-            yield ChatChunk(
-                last.content,
-                last.tool_calls,
-                last.finish_reason,
-                prompt_tokens,
-                last.completion_tokens,
-            )
+            yield dataclasses.replace(last, prompt_tokens=prompt_tokens)
             finished = True
         finally:
             if not finished:

@@ -21,7 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from k2trt.runtime.types import ChatChunk
-from k2trt.runtime.wire import CHAT_INPUTS, chunk_to_outputs, outputs_to_chunk
+from k2trt.runtime.wire import CHAT_INPUTS, CHAT_OUTPUTS, chunk_to_outputs, outputs_to_chunk
 from k2trt.triton_repo.serving.common import TritonModel, strings, text_of
 from k2trt.triton_repo.serving.post import Step
 from k2trt.triton_repo.spec import (
@@ -36,7 +36,7 @@ from k2trt.triton_repo.spec import (
 )
 
 LLM_OUTPUT_NAMES = ["output_ids", "finish_reason"]
-CHUNK_FIELDS = ("content", "tool_calls", "finish_reason", "prompt_tokens", "completion_tokens")
+CHUNK_FIELDS = tuple(f.name for f in CHAT_OUTPUTS)  # postprocessing's, one value per chunk
 
 
 class _Failed(Exception):

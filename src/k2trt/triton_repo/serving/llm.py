@@ -141,14 +141,18 @@ def generate(
     decoder = files.tokenizer.incremental_decoder(skip_special_tokens=True)
     words = StopStrings(job.stop_words)
     count, last = 0, None
-    for token in engine.generate(job.prompt_ids, job.params, lambda: words.matched or cancelled()):
-        if words.matched:
+
+    def stop_now() -> bool:
+        return words.matched is not None or cancelled()
+
+    for token in engine.generate(job.prompt_ids, job.params, stop_now):
+        if words.matched is not None:
             continue  # the engine stops at its next check; these ids are not the answer
         count, last = count + 1, token
         text = words.feed(decoder.feed([token])) if decode and token not in stops else ""
         yield Piece([token], text if job.text else "")
-    tail = words.feed(decoder.flush()) + words.flush() if decode and not words.matched else ""
-    if words.matched or last in stops:
+    tail = words.feed(decoder.flush()) + words.flush() if decode and words.matched is None else ""
+    if words.matched is not None or last in stops:
         reason = "stop"
     elif cancelled():
         reason = "cancelled"

@@ -21,7 +21,7 @@ from numpy.typing import NDArray
 
 from k2trt.runtime.chat import DeltaStream, ModelFiles
 from k2trt.runtime.types import ChatChunk, RequestRejected
-from k2trt.runtime.wire import chunk_to_outputs
+from k2trt.runtime.wire import CHAT_OUTPUTS, NUMPY_TYPES, chunk_to_outputs
 from k2trt.triton_repo.serving.common import TritonModel, rejection_message, scalar
 from k2trt.triton_repo.serving.pre import post_request
 from k2trt.triton_repo.spec import P_STATE_TTL, POST_INPUTS, STATE_TTL_S
@@ -106,12 +106,10 @@ class DeltaStates:
 def step_arrays(step: Step) -> dict[str, NDArray[Any]]:
     """The postprocessing outputs (spec.POST_OUTPUTS): one value per chunk, and `done`."""
     columns = [chunk_to_outputs(c) for c in step.chunks]
-    names = ("content", "tool_calls", "finish_reason", "prompt_tokens", "completion_tokens")
-    out = {}
-    for name in names:
-        values = [col[name][0] for col in columns]
-        dtype = np.object_ if name in ("content", "tool_calls", "finish_reason") else np.int32
-        out[name] = np.array(values, dtype=dtype)
+    out = {
+        f.name: np.array([col[f.name][0] for col in columns], dtype=NUMPY_TYPES[f.triton_type])
+        for f in CHAT_OUTPUTS
+    }
     out["done"] = np.array([step.done], dtype=np.bool_)
     return out
 
