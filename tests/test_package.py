@@ -29,6 +29,7 @@ from k2trt.triton_repo.repository import (
     RECORD_NAME,
     REPOSITORY_DIR,
     load_record,
+    model_source,
     package,
     use_cpu_standin,
 )
@@ -173,17 +174,18 @@ def test_model_files_are_copied_once_and_load(out: Path, bundle: Bundle) -> None
     assert sorted(load_record(out)["model_files"]) == sorted(spec.MODEL_FILES)
 
 
-def test_model_py_files_are_thin_adapters(out: Path) -> None:
-    for model in spec.MODELS:
-        text = (out / REPOSITORY_DIR / model / spec.VERSION / "model.py").read_text()
-        code = [
-            line
-            for line in text.splitlines()
-            if line.strip() and not line.startswith(("#", " ", '"""'))
-        ]
-        assert "site.addsitedir(_path)" in text and "K2TRT_PYTHONPATH" in text
-        assert "class TritonPythonModel(" in text
-        assert len(code) <= 12, model
+def test_one_model_py_everywhere_and_configs_name_the_role(out: Path) -> None:
+    repo = out / REPOSITORY_DIR
+    texts = {(repo / m / spec.VERSION / "model.py").read_text() for m in spec.MODELS}
+    assert texts == {model_source()}
+    [text] = texts
+    assert "site.addsitedir(_path)" in text and "K2TRT_PYTHONPATH" in text
+    assert "class TritonPythonModel:" in text
+    roles = {
+        m: parse(repo / m / "config.pbtxt").parameters[spec.P_ROLE].string_value
+        for m in spec.MODELS
+    }
+    assert roles == {m: m for m in spec.MODELS}
 
 
 def test_record(out: Path, bundle: Bundle) -> None:

@@ -1,5 +1,5 @@
-"""The packaged models' logic, run in-process: the four adapters wired together through a
-stand-in for triton_python_backend_utils (BLS included), with a scripted engine."""
+"""The packaged models run in-process: the four model.py files as installed, wired together
+through a stand-in for triton_python_backend_utils (BLS included), with a scripted engine."""
 
 from __future__ import annotations
 
@@ -21,9 +21,12 @@ from k2trt.runtime.types import ChatChunk, ChatRequest, RequestRejected, Samplin
 from k2trt.runtime.wire import outputs_to_chunk, request_to_inputs
 from k2trt.triton_repo import spec
 from k2trt.triton_repo.repository import REPOSITORY_DIR
+from k2trt.triton_repo.serving.chat import ChatModel
 from k2trt.triton_repo.serving.common import parse_rejection, rejection_message
-from k2trt.triton_repo.serving.llm import Job, generate, parse_job
-from k2trt.triton_repo.serving.post import DeltaStates, post_request
+from k2trt.triton_repo.serving.llm import Job, LlmModel, generate, parse_job
+from k2trt.triton_repo.serving.post import DeltaStates, PostprocessingModel, post_request
+from k2trt.triton_repo.serving.pre import PreprocessingModel
+from k2trt.triton_repo.serving.roles import role_of
 from triton_fixtures import (
     ARGUMENTS,
     CONTENT,
@@ -33,6 +36,7 @@ from triton_fixtures import (
     FakeRequest,
     FakeResponse,
     load_models,
+    serving,
     tiny_package,  # noqa: F401  (fixture)
 )
 
@@ -41,8 +45,10 @@ USER = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 @pytest.fixture(scope="module")
 def models(tiny_package: Path) -> dict[str, Any]:  # noqa: F811
+    """The serving model behind each loaded model.py, by model name."""
     pb = FakePb()
-    return load_models(tiny_package / REPOSITORY_DIR, pb)
+    load_models(tiny_package / REPOSITORY_DIR, pb)
+    return {name: serving(pb, name) for name in spec.MODELS}
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +104,7 @@ def test_chat_streams_a_scripted_tool_call(pb: FakePb, files: ModelFiles) -> Non
     assert last.prompt_tokens == len(prepare(files, req).prompt_ids)
     assert last.completion_tokens == len(files.tokenizer.encode_with_specials(REPLY)) + 1
     assert pb.bls_calls[0] == spec.PRE_MODEL and pb.bls_calls.count(spec.LLM_MODEL) == 1
-    assert len(pb.models[spec.POST_MODEL].states) == 0  # state dropped on the final call
+    assert len(serving(pb, spec.POST_MODEL).states) == 0  # state dropped on the final call
 
 
 def test_rejection_names_the_field_and_never_reaches_the_llm(pb: FakePb) -> None:
@@ -131,7 +137,7 @@ def test_stop_string_ends_the_turn_and_the_llm_stops_itself(pb: FakePb) -> None:
     assert got[-1].completion_tokens < len(REPLY) // 4
     # The LLM saw the stop string itself: no cancel request was needed.
     assert pb.bls_calls.count(spec.LLM_MODEL) == 1
-    assert len(pb.models[spec.POST_MODEL].states) == 0
+    assert len(serving(pb, spec.POST_MODEL).states) == 0
 
 
 def test_client_cancel_stops_generation(pb: FakePb, models: dict[str, Any]) -> None:
@@ -146,7 +152,7 @@ def test_client_cancel_stops_generation(pb: FakePb, models: dict[str, Any]) -> N
         time.sleep(0.01)
     assert any("cancelled by the client" in line for line in pb.log)
     assert engine.remaining == 3  # one reply started, cut short
-    assert len(pb.models[spec.POST_MODEL].states) == 0
+    assert len(serving(pb, spec.POST_MODEL).states) == 0
 
 
 def test_llm_error_reaches_the_client(pb: FakePb, models: dict[str, Any]) -> None:
@@ -155,7 +161,7 @@ def test_llm_error_reaches_the_client(pb: FakePb, models: dict[str, Any]) -> Non
     response, flags = request.sender.sent[-1]
     assert flags == 1 and response is not None and response.has_error()
     assert response.error().message().startswith("generation failed: RuntimeError")
-    assert len(pb.models[spec.POST_MODEL].states) == 0
+    assert len(serving(pb, spec.POST_MODEL).states) == 0
 
 
 def test_no_cancel_check_after_the_final_response(pb: FakePb, models: dict[str, Any]) -> None:
@@ -329,6 +335,23 @@ def test_rejection_text_round_trips() -> None:
     assert parse_rejection("something else") is None
 
 
+def test_each_model_runs_the_class_its_config_names(models: dict[str, Any]) -> None:
+    assert {name: type(model) for name, model in models.items()} == {
+        spec.CHAT_MODEL: ChatModel,
+        spec.PRE_MODEL: PreprocessingModel,
+        spec.LLM_MODEL: LlmModel,
+        spec.POST_MODEL: PostprocessingModel,
+    }
+    assert all(model.pb is models[spec.CHAT_MODEL].pb for model in models.values())
+
+
+@pytest.mark.parametrize("params", [{}, {"k2trt_model": {"string_value": "tensorrt"}}])
+def test_a_config_without_a_known_role_is_refused(params: dict[str, Any]) -> None:
+    config = {"name": "llm", "parameters": params}
+    with pytest.raises(ValueError, match=r"llm: config\.pbtxt parameter 'k2trt_model' must be"):
+        role_of(config)
+
+
 def test_model_py_bootstrap_adds_k2trt_pythonpath(tmp_path: Path, monkeypatch: Any) -> None:
     """The stub ignores PYTHONPATH: model.py must add K2TRT_PYTHONPATH with addsitedir, which
     also runs .pth files there (as an editable install needs)."""
@@ -339,11 +362,9 @@ def test_model_py_bootstrap_adds_k2trt_pythonpath(tmp_path: Path, monkeypatch: A
     monkeypatch.delenv("K2TRT_PROBE", raising=False)
     fake = types.ModuleType("triton_python_backend_utils")
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake)
-    for model in spec.MODELS:
-        name = f"k2trt.triton_repo.models.{model}"
-        monkeypatch.delitem(sys.modules, name, raising=False)
-        module = importlib.import_module(name)
-        assert module.TritonPythonModel.pb is fake
+    monkeypatch.delitem(sys.modules, "k2trt.triton_repo.model", raising=False)
+    module = importlib.import_module("k2trt.triton_repo.model")
+    assert module.pb_utils is fake
     assert str(site_dir) in sys.path
     import os
 

@@ -1,9 +1,10 @@
 """Test helpers for the Triton repository: a stand-in for `triton_python_backend_utils` that runs
 the packaged models in-process, and the real CPU tritonserver as a session fixture.
 
-`FakePb` implements the part of the Python backend API the adapters use, including BLS
-(`InferenceRequest.exec`, decoupled too), so the four models can be wired together without a
-server. `cpu_triton` starts one real tritonserver 2.51 per session on a packaged tiny bundle.
+`FakePb` implements the part of the Python backend API the models use, including BLS
+(`InferenceRequest.exec`, decoupled too), so the four packaged models (their model.py as
+installed) can be wired together without a server. `cpu_triton` starts one real
+tritonserver 2.51 per session on a packaged tiny bundle.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import json
 import os
 import queue
+import sys
 import threading
+import types
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +26,7 @@ import pytest
 from k2trt.triton_repo import spec
 
 FINAL = 1
+PB_MODULE = "triton_python_backend_utils"
 
 
 class FakeTensor:
@@ -183,23 +187,29 @@ def model_args(repo: Path, name: str) -> dict[str, str]:
 
 
 def load_models(repo: Path, pb: FakePb) -> dict[str, Any]:
-    """Instantiate the packaged models.py adapters (their serving classes) against `pb`."""
-    from k2trt.triton_repo.serving.chat import ChatModel
-    from k2trt.triton_repo.serving.llm import LlmModel
-    from k2trt.triton_repo.serving.post import PostprocessingModel
-    from k2trt.triton_repo.serving.pre import PreprocessingModel
-
-    classes = {
-        spec.PRE_MODEL: PreprocessingModel,
-        spec.POST_MODEL: PostprocessingModel,
-        spec.LLM_MODEL: LlmModel,
-        spec.CHAT_MODEL: ChatModel,
-    }
-    for name, cls in classes.items():
-        model = type(f"Fake{cls.__name__}", (cls,), {"pb": pb})()
+    """Load every packaged model as Triton does: run its 1/model.py (`pb` standing in for
+    triton_python_backend_utils), then TritonPythonModel().initialize(args)."""
+    for name in spec.MODELS:
+        path = repo / name / spec.VERSION / "model.py"
+        module = types.ModuleType(f"triton_model_{name}")
+        saved = sys.modules.get(PB_MODULE)
+        sys.modules[PB_MODULE] = pb  # type: ignore[assignment]
+        try:
+            exec(compile(path.read_text(encoding="utf-8"), str(path), "exec"), module.__dict__)
+        finally:
+            if saved is None:
+                del sys.modules[PB_MODULE]
+            else:
+                sys.modules[PB_MODULE] = saved
+        model = module.TritonPythonModel()
         model.initialize(model_args(repo, name))
         pb.models[name] = model
     return pb.models
+
+
+def serving(pb: FakePb, name: str) -> Any:
+    """The serving model (`k2trt.triton_repo.serving`) behind a loaded model.py."""
+    return pb.models[name].model
 
 
 # ---- the real CPU server ----

@@ -4,6 +4,7 @@
   `pbtxt`: config.pbtxt from typed data.
 - `repository`: `package(bundle, out)` and `use_cpu_standin(out, ckpt)`; `launch`: launch
   artifacts (docker, mpirun, Slurm, Kubernetes LeaderWorkerSet).
-- `serving`: the logic of each model.py (the files in `models/` are thin adapters over it).
+- `model.py`: the one model.py installed in every model; `serving`: what it runs, the
+  class config.pbtxt's `k2trt_model` names (`serving.roles`).
 - `cpu_server`: a real tritonserver 2.51 on CPU (from nvidia-pytriton) for tests.
 """

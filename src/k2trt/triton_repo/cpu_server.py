@@ -10,7 +10,7 @@ The stub embeds whatever `libpython3.11.so` the loader finds, and every model's 
 runs in that interpreter. Debian's (`apt-get install libpython3.11 python3-numpy`) works;
 a pyenv-built one crashed on every BYTES tensor. `model.py` cannot see our virtual
 environment either (the stub ignores PYTHONPATH), so the server gets `K2TRT_PYTHONPATH`
-= this environment's site-packages, which the generated model.py files add with
+= this environment's site-packages, which the installed model.py adds with
 `site.addsitedir` (that also runs the editable install's .pth file, so k2trt imports).
 """
 

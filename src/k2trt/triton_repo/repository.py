@@ -2,7 +2,7 @@
 
     OUT/
       model_repository/            tritonserver --model-repository=OUT/model_repository
-        chat/                      config.pbtxt, 1/model.py
+        chat/                      config.pbtxt, 1/model.py (the same file in every model)
         preprocessing/             config.pbtxt, 1/model.py, k2trt-model-files/
         tensorrt_llm/              config.pbtxt, 1/model.py, 1/model.yaml, k2trt-model-files/
         postprocessing/            config.pbtxt, 1/model.py, k2trt-model-files/
@@ -38,7 +38,7 @@ REPOSITORY_DIR = "model_repository"
 LAUNCH_DIR = "launch"
 RECORD_NAME = "k2trt-package.json"
 RECORD_FORMAT = "k2trt.package/1"
-MODELS_PACKAGE = "k2trt.triton_repo.models"
+MODEL_PY = ("k2trt.triton_repo", "model.py")  # package and file of the one model.py source
 FILES_MODELS = (spec.PRE_MODEL, spec.LLM_MODEL, spec.POST_MODEL)  # models that read them
 REQUIRED_FILES = ("tiktoken.model", "tokenizer_config.json", "config.json")
 TOKENIZER_SUBDIR = "tokenizer"
@@ -67,9 +67,10 @@ def model_yaml(bundle: Bundle) -> dict[str, Any]:
     return data
 
 
-def model_source(model: str) -> str:
-    """The model.py text `package` installs for a model."""
-    return resources.files(MODELS_PACKAGE).joinpath(f"{model}.py").read_text(encoding="utf-8")
+def model_source() -> str:
+    """The model.py text `package` installs in every model (config.pbtxt picks the class)."""
+    package, name = MODEL_PY
+    return resources.files(package).joinpath(name).read_text(encoding="utf-8")
 
 
 def _model_file_sources(ckpt: Path) -> dict[str, Path]:
@@ -116,11 +117,12 @@ def write_model_files(ckpt: Path, repo: Path) -> dict[str, str]:
 
 def write_models(repo: Path, model_id: str) -> None:
     """config.pbtxt and 1/model.py for every model."""
+    source = model_source()
     for name, config in spec.all_configs(model_id).items():
         version = repo / name / spec.VERSION
         version.mkdir(parents=True, exist_ok=True)
         (repo / name / "config.pbtxt").write_text(config.text() + "\n", encoding="utf-8")
-        (version / "model.py").write_text(model_source(name), encoding="utf-8")
+        (version / "model.py").write_text(source, encoding="utf-8")
 
 
 def write_launch(dest: Path, deployment: launch.Deployment) -> None:

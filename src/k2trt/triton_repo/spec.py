@@ -29,7 +29,8 @@ MODEL_FILES = (
 )
 VERSION = "1"
 
-# config.pbtxt `parameters` read by the model.py adapters.
+# config.pbtxt `parameters` read by the serving models (k2trt.triton_repo.serving).
+P_ROLE = "k2trt_model"  # which serving class runs (serving.roles.ROLES): one of MODELS
 P_MODEL_FILES = "model_files"  # relative to the model's directory
 P_MODEL_ID = "model_id"  # the served model's name (in messages such as context overflows)
 P_ENGINE = "engine"  # tensorrt_llm: "tensorrt_llm" (model.yaml) or "reference" (CPU stand-in)
@@ -126,12 +127,13 @@ def chat_config() -> ModelConfig:
         outputs=_wire(CHAT_OUTPUTS, inputs=False),
         # One instance serves any number of requests: each runs in its own thread.
         instance_group=(InstanceGroup("KIND_CPU", 1),),
-        parameters={P_PRE: PRE_MODEL, P_LLM: LLM_MODEL, P_POST: POST_MODEL},
+        parameters={P_ROLE: CHAT_MODEL, P_PRE: PRE_MODEL, P_LLM: LLM_MODEL, P_POST: POST_MODEL},
     )
 
 
-def _files_params(model_id: str) -> dict[str, str]:
-    params = {P_MODEL_FILES: MODEL_FILES_DIR}
+def _files_params(role: str, model_id: str) -> dict[str, str]:
+    """The parameters of a model that reads k2trt-model-files: its role, where they are."""
+    params = {P_ROLE: role, P_MODEL_FILES: MODEL_FILES_DIR}
     if model_id:
         params[P_MODEL_ID] = model_id
     return params
@@ -145,7 +147,7 @@ def preprocessing_config(model_id: str = "") -> ModelConfig:
         inputs=_wire(CHAT_INPUTS, inputs=True),
         outputs=PRE_OUTPUTS,
         instance_group=(InstanceGroup("KIND_CPU", 2),),
-        parameters=_files_params(model_id),
+        parameters=_files_params(PRE_MODEL, model_id),
     )
 
 
@@ -160,7 +162,7 @@ def postprocessing_config(model_id: str = "", state_ttl_s: int = STATE_TTL_S) ->
         # detokenizer and tool-call parser state lives in the process that saw its first
         # call. A second instance would get some of a request's calls without that state.
         instance_group=(InstanceGroup("KIND_CPU", 1),),
-        parameters={**_files_params(model_id), P_STATE_TTL: str(state_ttl_s)},
+        parameters={**_files_params(POST_MODEL, model_id), P_STATE_TTL: str(state_ttl_s)},
     )
 
 
@@ -168,7 +170,7 @@ def llm_config(
     model_id: str = "", engine: str = ENGINE_TRTLLM, checkpoint: str = ""
 ) -> ModelConfig:
     """The LLM: TensorRT-LLM's LLM API from model.yaml, or the CPU reference stand-in."""
-    params = {**_files_params(model_id), P_ENGINE: engine}
+    params = {**_files_params(LLM_MODEL, model_id), P_ENGINE: engine}
     if checkpoint:
         params[P_CHECKPOINT] = checkpoint
     return ModelConfig(

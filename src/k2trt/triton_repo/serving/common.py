@@ -1,7 +1,8 @@
-"""What the model.py adapters share: the model base class, tensors in and out, error text.
+"""What the serving models share: the base class, tensors in and out.
 
-Each generated `model.py` is a few lines: it makes k2trt importable, then subclasses one of
-the models here and sets `pb` to `triton_python_backend_utils` (tests set a fake).
+The one `model.py` that `k2trt package` installs in every model makes k2trt importable, then
+runs the serving class its config.pbtxt names (`serving.roles`), with `pb` set to
+`triton_python_backend_utils` (tests set a fake).
 """
 
 from __future__ import annotations
@@ -43,24 +44,40 @@ def parse_rejection(text: str) -> RequestRejected | None:
     return None if match is None else RequestRejected(match.group(2), match.group(1))
 
 
+def parameters(config: Mapping[str, Any]) -> dict[str, str]:
+    """config.pbtxt's `parameters`, from the model config JSON Triton hands over.
+
+    >>> parameters({"parameters": {"k2trt_model": {"string_value": "chat"}}})
+    {'k2trt_model': 'chat'}
+    """
+    return {
+        key: str(value.get("string_value", ""))
+        for key, value in config.get("parameters", {}).items()
+    }
+
+
 class TritonModel:
     """Base of the adapters: config, parameters and directories from Triton's `args`."""
 
-    pb: Any = None  # triton_python_backend_utils, set by the generated model.py
+    pb: Any = None  # triton_python_backend_utils, set by serving.roles.load
 
     def initialize(self, args: Mapping[str, str]) -> None:
         """Triton calls this once per instance; subclasses do their work in `setup`."""
         self.config: dict[str, Any] = json.loads(args["model_config"])
-        self.params = {
-            key: str(value.get("string_value", ""))
-            for key, value in self.config.get("parameters", {}).items()
-        }
+        self.params = parameters(self.config)
         self.model_dir = Path(args["model_repository"])  # the model's directory
         self.version_dir = self.model_dir / str(args.get("model_version", "1"))
         self.setup()
 
     def setup(self) -> None:
         """Load what the model needs (subclasses)."""
+
+    def execute(self, requests: list[Any]) -> Any:
+        """Triton's entry point: responses (or None when the model is decoupled)."""
+        raise NotImplementedError
+
+    def finalize(self) -> None:
+        """Triton unloads the model: release what `setup` holds (subclasses)."""
 
     def param(self, key: str, default: str | None = None) -> str:
         """A config.pbtxt parameter; missing without a default is an error naming it."""
