@@ -14,7 +14,11 @@ from k2trt.runtime.wire import (
     chunk_to_outputs,
     inputs_to_request,
     outputs_to_chunk,
+    parse_rejection,
+    rejection_message,
     request_to_inputs,
+    scalar,
+    strings,
 )
 
 LAST = ChatChunk(
@@ -74,3 +78,21 @@ def test_bad_json_input_names_the_field() -> None:
     with pytest.raises(RequestRejected) as exc:
         inputs_to_request(arrays)
     assert exc.value.field == "stop"
+
+
+def test_rejection_text_round_trips() -> None:
+    exc = RequestRejected("the prompt is 9 tokens; the context is 8", "messages")
+    back = parse_rejection("in model 'chat': " + rejection_message(exc))
+    assert back is not None and (back.field, str(back)) == ("messages", str(exc))
+    assert parse_rejection("something else") is None
+
+
+def test_scalar_of_any_shape_and_its_errors() -> None:
+    arrays = {"n": np.array([[7]], dtype=np.int64), "s": strings(["é"], (1, 1))}
+    assert (scalar(arrays, "n"), scalar(arrays, "s")) == (7, "é")
+    bad = {"two": np.array([1, 2]), "latin": np.array([b"\xe9"], dtype=np.object_)}
+    with pytest.raises(RequestRejected, match="two: expected one value, got 2"):
+        scalar(bad, "two")
+    with pytest.raises(RequestRejected, match="latin: not UTF-8 text") as exc:
+        scalar(bad, "latin")
+    assert exc.value.field == "latin"

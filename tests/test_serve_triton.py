@@ -30,11 +30,12 @@ from k2trt.runtime.wire import (
     CLIENT_TYPES,
     chunk_to_outputs,
     inputs_to_request,
+    rejection_message,
 )
 from k2trt.serve.app import ServeConfig, create_app
 from k2trt.serve.scripted import ScriptedBackend
 from k2trt.serve.server import ServerThread
-from k2trt.serve.triton_backend import EMPTY_FINAL, FINAL, TritonBackend, TritonError
+from k2trt.serve.triton_backend import EMPTY_FINAL, FINAL, TritonBackend, TritonError, model_error
 from triton_fixtures import require_cpu_triton, tiny_package  # noqa: F401  (fixture)
 
 CALL = (
@@ -99,7 +100,7 @@ class ChatService(service_pb2_grpc.GRPCInferenceServiceServicer):
             try:
                 chunks = self.backend.stream(chat)
             except RequestRejected as exc:  # as the chat model reports a bad request
-                text = f"request rejected ({exc.field}): {exc}"
+                text = rejection_message(exc)
                 yield service_pb2.ModelStreamInferResponse(error_message=text)
                 continue
             async for chunk in chunks:
@@ -318,11 +319,8 @@ def test_openai_sdk_through_triton(gateway_over_triton: tuple[openai.OpenAI, Cha
     assert down.value.status_code == 503
 
 
-def test_rejection_text_matches_the_chat_model() -> None:
-    common = pytest.importorskip("k2trt.triton_repo.serving.common")
-    from k2trt.serve.triton_backend import model_error
-
-    text = common.rejection_message(RequestRejected("max_tokens must be at least 1", "max_tokens"))
+def test_rejection_text_of_the_chat_model_is_a_rejection() -> None:
+    text = rejection_message(RequestRejected("max_tokens must be at least 1", "max_tokens"))
     exc = model_error(f"in model 'chat': {text}")
     assert isinstance(exc, RequestRejected)
     assert (exc.field, str(exc)) == ("max_tokens", "max_tokens must be at least 1")

@@ -19,9 +19,14 @@ import tritonclient.grpc as grpcclient
 from k2trt.runtime.chat import DeltaStream, ModelFiles, prepare
 from k2trt.runtime.reference import ReferenceEngine
 from k2trt.runtime.types import ChatChunk, ChatRequest
-from k2trt.runtime.wire import CHAT_INPUTS, CLIENT_TYPES, outputs_to_chunk, request_to_inputs
+from k2trt.runtime.wire import (
+    CHAT_INPUTS,
+    CLIENT_TYPES,
+    outputs_to_chunk,
+    parse_rejection,
+    request_to_inputs,
+)
 from k2trt.triton_repo import spec
-from k2trt.triton_repo.serving.common import parse_rejection
 from triton_fixtures import (
     ARGUMENTS,
     CONTENT,

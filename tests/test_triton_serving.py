@@ -18,11 +18,10 @@ import pytest
 from k2trt.runtime.chat import DeltaStream, ModelFiles, prepare
 from k2trt.runtime.scripted import ScriptedEngine
 from k2trt.runtime.types import ChatChunk, ChatRequest, RequestRejected, SamplingParams
-from k2trt.runtime.wire import outputs_to_chunk, request_to_inputs
+from k2trt.runtime.wire import outputs_to_chunk, parse_rejection, request_to_inputs
 from k2trt.triton_repo import spec
 from k2trt.triton_repo.repository import REPOSITORY_DIR
 from k2trt.triton_repo.serving.chat import ChatModel
-from k2trt.triton_repo.serving.common import parse_rejection, rejection_message
 from k2trt.triton_repo.serving.llm import Job, LlmModel, generate, parse_job
 from k2trt.triton_repo.serving.post import DeltaStates, PostprocessingModel, post_request
 from k2trt.triton_repo.serving.pre import PreprocessingModel
@@ -326,13 +325,6 @@ def test_delta_states_match_a_delta_stream(files: ModelFiles) -> None:
     assert "".join(c.content for c in got) == "".join(c.content for c in want)
     assert got[-1] == want[-1]
     assert post_request(request).tools == TOOLS
-
-
-def test_rejection_text_round_trips() -> None:
-    exc = RequestRejected("the prompt is 9 tokens; the context is 8", "messages")
-    back = parse_rejection("in model 'chat': " + rejection_message(exc))
-    assert back is not None and (back.field, str(back)) == ("messages", str(exc))
-    assert parse_rejection("something else") is None
 
 
 def test_each_model_runs_the_class_its_config_names(models: dict[str, Any]) -> None:

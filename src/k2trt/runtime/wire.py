@@ -19,7 +19,8 @@ array([b''], dtype=object)
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,27 +81,71 @@ CLIENT_TYPES: dict[str, str] = {
 _FIELDS = {f.name: f for f in CHAT_INPUTS + CHAT_OUTPUTS}
 
 
+# A rejected request's error text: what the chat model (and every packaged model) sends, and
+# what the gateway's Triton backend parses back; Triton may wrap it ("in model 'chat': ...").
+_REJECTED = re.compile(r"request rejected \((\w+)\): (.*)", re.S)
+
+
+def rejection_message(exc: RequestRejected) -> str:
+    """The Triton error text for a rejected request: names the field.
+
+    >>> rejection_message(RequestRejected("max_tokens must be at least 1", "max_tokens"))
+    'request rejected (max_tokens): max_tokens must be at least 1'
+    """
+    return f"request rejected ({exc.field}): {exc}"
+
+
+def parse_rejection(text: str) -> RequestRejected | None:
+    """The RequestRejected inside a Triton error text (Triton may wrap it), or None.
+
+    >>> exc = parse_rejection("in chat: request rejected (tools): tools: expected a JSON array")
+    >>> exc.field, str(exc)
+    ('tools', 'tools: expected a JSON array')
+    """
+    match = _REJECTED.search(text)
+    return None if match is None else RequestRejected(match.group(2), match.group(1))
+
+
+def strings(values: Iterable[str], shape: tuple[int, ...] | None = None) -> NDArray[Any]:
+    """A BYTES tensor of UTF-8 strings (optionally reshaped).
+
+    >>> strings(["é"], (1, 1))
+    array([[b'\\xc3\\xa9']], dtype=object)
+    """
+    array = np.array([v.encode("utf-8") for v in values], dtype=np.object_)
+    return array.reshape(shape) if shape is not None else array
+
+
+def scalar(arrays: Mapping[str, NDArray[Any]], name: str) -> Any:
+    """The one value of tensor `name` (any shape): text for BYTES, a Python scalar otherwise;
+    RequestRejected naming it when it holds more or fewer, or bytes that are not UTF-8.
+
+    >>> scalar({"n": np.array([[3]], dtype=np.int32), "s": strings(["é"])}, "n")
+    3
+    """
+    flat = np.asarray(arrays[name]).reshape(-1)
+    if flat.size != 1:
+        raise RequestRejected(f"{name}: expected one value, got {flat.size}", name)
+    value = flat[0]
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise RequestRejected(f"{name}: not UTF-8 text", name) from None
+    return value.item() if hasattr(value, "item") else value
+
+
 def _tensor(name: str, value: Any) -> NDArray[Any]:
     kind = NUMPY_TYPES[_FIELDS[name].triton_type]
     if kind is np.object_:
-        return np.array([str(value).encode("utf-8")], dtype=np.object_)
+        return strings([str(value)])
     return np.array([value], dtype=kind)
-
-
-def _scalar(arrays: Mapping[str, NDArray[Any]], name: str) -> Any:
-    array = np.asarray(arrays[name]).reshape(-1)
-    if array.size != 1:
-        raise RequestRejected(f"{name}: expected one value, got {array.size}", name)
-    value = array[0]
-    if isinstance(value, bytes):
-        return value.decode("utf-8")
-    return value.item() if hasattr(value, "item") else value
 
 
 def _json(arrays: Mapping[str, NDArray[Any]], name: str) -> Any:
     try:
-        return json.loads(_scalar(arrays, name))
-    except (ValueError, UnicodeDecodeError) as exc:
+        return json.loads(scalar(arrays, name))
+    except ValueError as exc:
         raise RequestRejected(f"{name}: expected JSON text ({exc})", name) from None
 
 
@@ -137,10 +182,10 @@ def inputs_to_request(arrays: Mapping[str, NDArray[Any]]) -> ChatRequest:
         messages=messages,
         tools=tools,
         tool_choice=_json(arrays, "tool_choice") if "tool_choice" in arrays else "auto",
-        max_tokens=int(_scalar(arrays, "max_tokens")) if "max_tokens" in arrays else None,
+        max_tokens=int(scalar(arrays, "max_tokens")) if "max_tokens" in arrays else None,
         temperature=_float(arrays, "temperature", 0.6),
         top_p=_float(arrays, "top_p", 1.0),
-        seed=int(_scalar(arrays, "seed")) if "seed" in arrays else None,
+        seed=int(scalar(arrays, "seed")) if "seed" in arrays else None,
         stop=tuple(stop),
     )
     return req
@@ -148,7 +193,7 @@ def inputs_to_request(arrays: Mapping[str, NDArray[Any]]) -> ChatRequest:
 
 def _float(arrays: Mapping[str, NDArray[Any]], name: str, default: float) -> float:
     # FP32 on the wire: the shortest decimal that is this float32, so 0.6 comes back as 0.6.
-    return float(str(np.float32(_scalar(arrays, name)))) if name in arrays else default
+    return float(str(np.float32(scalar(arrays, name)))) if name in arrays else default
 
 
 def chunk_to_outputs(chunk: ChatChunk) -> dict[str, NDArray[Any]]:
@@ -166,10 +211,10 @@ def chunk_to_outputs(chunk: ChatChunk) -> dict[str, NDArray[Any]]:
 def outputs_to_chunk(arrays: Mapping[str, NDArray[Any]]) -> ChatChunk:
     """A ChatChunk from one response's output tensors."""
     return ChatChunk(
-        content=_scalar(arrays, "content"),
+        content=scalar(arrays, "content"),
         tool_calls=_json(arrays, "tool_calls"),
-        finish_reason=_scalar(arrays, "finish_reason") or None,
-        prompt_tokens=int(_scalar(arrays, "prompt_tokens")),
-        completion_tokens=int(_scalar(arrays, "completion_tokens")),
-        stop_sequence=_scalar(arrays, "stop_sequence") or None,
+        finish_reason=scalar(arrays, "finish_reason") or None,
+        prompt_tokens=int(scalar(arrays, "prompt_tokens")),
+        completion_tokens=int(scalar(arrays, "completion_tokens")),
+        stop_sequence=scalar(arrays, "stop_sequence") or None,
     )

@@ -25,12 +25,17 @@ from numpy.typing import NDArray
 from tritonclient.grpc import InferResult, service_pb2, service_pb2_grpc
 from tritonclient.utils import np_to_triton_dtype, serialize_byte_tensor
 
-from k2trt.runtime.types import BackendUnavailable, ChatChunk, ChatRequest, RequestRejected
-from k2trt.runtime.wire import CHAT_MODEL, CHAT_OUTPUTS, outputs_to_chunk, request_to_inputs
+from k2trt.runtime.types import BackendUnavailable, ChatChunk, ChatRequest
+from k2trt.runtime.wire import (
+    CHAT_MODEL,
+    CHAT_OUTPUTS,
+    outputs_to_chunk,
+    parse_rejection,
+    request_to_inputs,
+)
 
 FINAL = "triton_final_response"
 EMPTY_FINAL = "triton_enable_empty_final_response"
-REJECTED = re.compile(r"request rejected \((\w+)\): (.*)", re.S)
 # Error texts of a Triton that is up without the model (load failed, unloaded, loading).
 UNAVAILABLE_TEXT = re.compile(r"unknown model|is not found|not ready|unavailable", re.I)
 UNAVAILABLE_CODES = frozenset(
@@ -85,9 +90,9 @@ def model_error(text: str) -> Exception:
     >>> type(e).__name__, e.field, str(e)
     ('RequestRejected', 'messages', 'the prompt is 9 tokens')
     """
-    match = REJECTED.search(text)
-    if match is not None:
-        return RequestRejected(match.group(2), match.group(1))
+    rejected = parse_rejection(text)
+    if rejected is not None:
+        return rejected
     if UNAVAILABLE_TEXT.search(text):
         return BackendUnavailable(text)
     return TritonError(text)

@@ -21,8 +21,15 @@ import numpy as np
 from numpy.typing import NDArray
 
 from k2trt.runtime.types import ChatChunk
-from k2trt.runtime.wire import CHAT_INPUTS, CHAT_OUTPUTS, chunk_to_outputs, outputs_to_chunk
-from k2trt.triton_repo.serving.common import TritonModel, strings, text_of
+from k2trt.runtime.wire import (
+    CHAT_INPUTS,
+    CHAT_OUTPUTS,
+    chunk_to_outputs,
+    outputs_to_chunk,
+    scalar,
+    strings,
+)
+from k2trt.triton_repo.serving.common import TritonModel
 from k2trt.triton_repo.serving.post import Step
 from k2trt.triton_repo.spec import (
     LLM_MODEL,
@@ -159,7 +166,7 @@ class _Turn:
                 return
             out = self.m.outputs(response, LLM_OUTPUT_NAMES)
             ids = [int(i) for i in np.asarray(out.get("output_ids", [])).reshape(-1)]
-            reason = text_of(out["finish_reason"]) if "finish_reason" in out else ""
+            reason = scalar(out, "finish_reason") if "finish_reason" in out else ""
             step = self._post(ids, final=bool(reason), reason=reason)
             if self._send(step) or reason:
                 return

@@ -1,4 +1,5 @@
-"""What the serving models share: the base class, tensors in and out.
+"""What the serving models share: the base class (config, parameters, tensors in and out;
+text and scalar tensors convert with `k2trt.runtime.wire`'s `strings` and `scalar`).
 
 The one `model.py` that `k2trt package` installs in every model makes k2trt importable, then
 runs the serving class its config.pbtxt names (`serving.roles`), with `pb` set to
@@ -8,40 +9,14 @@ runs the serving class its config.pbtxt names (`serving.roles`), with `pb` set t
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from numpy.typing import NDArray
 
 from k2trt.runtime.chat import ModelFiles
-from k2trt.runtime.types import RequestRejected
 from k2trt.triton_repo.spec import P_MODEL_FILES, P_MODEL_ID
-
-# A rejected request's error text; the gateway's Triton backend parses it back (parse_rejection).
-_REJECTED = re.compile(r"request rejected \((\w+)\): (.*)", re.S)
-
-
-def rejection_message(exc: RequestRejected) -> str:
-    """The Triton error text for a rejected request: names the field.
-
-    >>> rejection_message(RequestRejected("max_tokens must be at least 1", "max_tokens"))
-    'request rejected (max_tokens): max_tokens must be at least 1'
-    """
-    return f"request rejected ({exc.field}): {exc}"
-
-
-def parse_rejection(text: str) -> RequestRejected | None:
-    """The RequestRejected inside a Triton error text (Triton may wrap it), or None.
-
-    >>> exc = parse_rejection("in chat: request rejected (tools): tools: expected a JSON array")
-    >>> exc.field, str(exc)
-    ('tools', 'tools: expected a JSON array')
-    """
-    match = _REJECTED.search(text)
-    return None if match is None else RequestRejected(match.group(2), match.group(1))
 
 
 def parameters(config: Mapping[str, Any]) -> dict[str, str]:
@@ -132,32 +107,3 @@ class TritonModel:
     def final(self) -> int:
         """The flag that ends a decoupled request's responses."""
         return int(self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-
-
-def strings(values: Iterable[str], shape: tuple[int, ...] | None = None) -> NDArray[Any]:
-    """A BYTES tensor of UTF-8 strings (optionally reshaped)."""
-    array = np.array([v.encode("utf-8") for v in values], dtype=np.object_)
-    return array.reshape(shape) if shape is not None else array
-
-
-def text_of(array: NDArray[Any]) -> str:
-    """The one string in a BYTES tensor of any shape."""
-    flat = np.asarray(array).reshape(-1)
-    if flat.size != 1:
-        raise ValueError(f"expected one string, got {flat.size}")
-    value = flat[0]
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
-def scalar(arrays: Mapping[str, NDArray[Any]], name: str) -> Any:
-    """The one value of an input; RequestRejected naming it when there are more or none."""
-    flat = np.asarray(arrays[name]).reshape(-1)
-    if flat.size != 1:
-        raise RequestRejected(f"{name}: expected one value, got {flat.size}", name)
-    value = flat[0]
-    if isinstance(value, bytes):
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError:
-            raise RequestRejected(f"{name}: not UTF-8 text", name) from None
-    return value.item() if hasattr(value, "item") else value

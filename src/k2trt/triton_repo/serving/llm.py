@@ -29,7 +29,8 @@ from numpy.typing import NDArray
 from k2trt.errors import K2Error
 from k2trt.runtime.chat import ModelFiles, StopStrings
 from k2trt.runtime.types import Engine, RequestRejected, SamplingParams
-from k2trt.triton_repo.serving.common import TritonModel, rejection_message, scalar, strings
+from k2trt.runtime.wire import rejection_message, scalar, strings
+from k2trt.triton_repo.serving.common import TritonModel
 from k2trt.triton_repo.spec import (
     ENGINE_REFERENCE,
     ENGINE_TRTLLM,

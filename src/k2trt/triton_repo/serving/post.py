@@ -21,8 +21,14 @@ from numpy.typing import NDArray
 
 from k2trt.runtime.chat import DeltaStream, ModelFiles
 from k2trt.runtime.types import ChatChunk, RequestRejected
-from k2trt.runtime.wire import CHAT_OUTPUTS, NUMPY_TYPES, chunk_to_outputs
-from k2trt.triton_repo.serving.common import TritonModel, rejection_message, scalar
+from k2trt.runtime.wire import (
+    CHAT_OUTPUTS,
+    NUMPY_TYPES,
+    chunk_to_outputs,
+    rejection_message,
+    scalar,
+)
+from k2trt.triton_repo.serving.common import TritonModel
 from k2trt.triton_repo.serving.pre import post_request
 from k2trt.triton_repo.spec import P_STATE_TTL, POST_INPUTS, STATE_TTL_S
 

@@ -17,8 +17,8 @@ from numpy.typing import NDArray
 
 from k2trt.runtime.chat import ModelFiles, Prepared, prepare
 from k2trt.runtime.types import ChatRequest, RequestRejected
-from k2trt.runtime.wire import CHAT_INPUTS, inputs_to_request
-from k2trt.triton_repo.serving.common import TritonModel, rejection_message, strings
+from k2trt.runtime.wire import CHAT_INPUTS, inputs_to_request, rejection_message, strings
+from k2trt.triton_repo.serving.common import TritonModel
 
 UINT64_MAX = (1 << 64) - 1
 
