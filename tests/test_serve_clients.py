@@ -44,6 +44,9 @@ ANTHROPIC_TOOLS: Any = [
     }
 ]
 QUESTION: Any = [{"role": "user", "content": "Weather in Paris?"}]
+# The tool result of either API's round trip, as the backend receives it.
+SKY = '{"sky": "sunny"}'
+TOOL_MESSAGE = {"role": "tool", "tool_call_id": "functions.get_weather:0", "content": SKY}
 STOPPED = "Sunny, then rain."  # "then rain" spans tokens, of the tiny model and scripted alike
 
 
@@ -87,7 +90,7 @@ def openai_round_trip(client: openai.OpenAI) -> tuple[Any, Any]:
     [call] = choice.message.tool_calls or []
     assert (call.id, call.function.name) == ("functions.get_weather:0", "get_weather")
     assert json.loads(call.function.arguments) == {"city": "Paris"}
-    result = {"role": "tool", "tool_call_id": call.id, "content": '{"sky": "sunny"}'}
+    result = {"role": "tool", "tool_call_id": call.id, "content": SKY}
     history = [*QUESTION, choice.message.model_dump(exclude_none=True), result]
     final = client.chat.completions.create(model="m", messages=history, tools=OPENAI_TOOLS)
     assert final.choices[0].message.content == ANSWER
@@ -126,11 +129,7 @@ def test_openai_sdk_tool_round_trip(scripted: tuple[str, ScriptedBackend]) -> No
     openai_round_trip(client)
     sent = backend.requests[-1].messages
     assert sent[1]["tool_calls"][0]["id"] == "functions.get_weather:0"
-    assert sent[2] == {
-        "role": "tool",
-        "content": '{"sky": "sunny"}',
-        "tool_call_id": "functions.get_weather:0",
-    }
+    assert sent[2] == TOOL_MESSAGE
 
 
 def test_openai_sdk_errors(scripted: tuple[str, ScriptedBackend]) -> None:
@@ -166,7 +165,7 @@ def anthropic_round_trip(client: anthropic.Anthropic, stream: bool) -> None:
         "get_weather",
         {"city": "Paris"},
     )
-    result = {"type": "tool_result", "tool_use_id": use.id, "content": '{"sky": "sunny"}'}
+    result = {"type": "tool_result", "tool_use_id": use.id, "content": SKY}
     history = [
         *QUESTION,
         {"role": "assistant", "content": [b.model_dump() for b in first.content]},
@@ -200,11 +199,7 @@ def test_anthropic_sdk_tool_round_trip(scripted: tuple[str, ScriptedBackend]) ->
     client = an(url)
     client.messages.create(model="m", max_tokens=64, messages=QUESTION)  # plays "Hello there!"
     anthropic_round_trip(client, stream=True)
-    assert backend.requests[-1].messages[2] == {
-        "role": "tool",
-        "tool_call_id": "functions.get_weather:0",
-        "content": '{"sky": "sunny"}',
-    }
+    assert backend.requests[-1].messages[2] == TOOL_MESSAGE
 
 
 def test_anthropic_sdk_errors(scripted: tuple[str, ScriptedBackend]) -> None:

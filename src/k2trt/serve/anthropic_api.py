@@ -27,7 +27,20 @@ from typing import Any
 
 from k2trt.runtime.types import ChatChunk, ChatRequest, ToolChoice
 from k2trt.serve.answer import Answer, ParsedChat, dumps
-from k2trt.serve.checks import at, expect, in_range, one_of, strings, take
+from k2trt.serve.checks import (
+    at,
+    expect,
+    function_tool,
+    in_range,
+    joined_text,
+    objects,
+    one_of,
+    strings,
+    take,
+    text_of,
+    tool_names,
+    typed_objects,
+)
 from k2trt.serve.errors import ApiError, anthropic_error, invalid
 
 TEMPERATURE_SCALE = 0.6  # real temperature = request temperature x 0.6 (Moonshot's mapping)
@@ -79,24 +92,10 @@ def parse_messages(body: Any) -> ParsedChat:
     return ParsedChat(request, bool(take(body, "stream", "boolean")))
 
 
-def _text_blocks(content: Any, where: str) -> str:
-    """A string, or text blocks joined (other block types refused)."""
-    if isinstance(content, str):
-        return content
-    texts = []
-    for i, raw in enumerate(expect(content, "array", where)):
-        block = expect(raw, "object", at(where, i))
-        kind = take(block, "type", "string", at(where, i), required=True)
-        if kind != "text":
-            raise invalid(at(at(where, i), "type"), f"only text blocks are supported, got {kind!r}")
-        texts.append(take(block, "text", "string", at(where, i), required=True))
-    return "".join(texts)
-
-
 def _system(raw: Any) -> list[dict[str, Any]]:
     if raw is None:
         return []
-    return [{"role": "system", "content": _text_blocks(raw, "system")}]
+    return [{"role": "system", "content": joined_text(raw, "system", "blocks")}]
 
 
 def _message(raw: Any, where: str) -> list[dict[str, Any]]:
@@ -120,12 +119,9 @@ def _user_blocks(blocks: list[Any], where: str) -> list[dict[str, Any]]:
     """Text blocks become user messages, tool results tool messages, in their order."""
     out: list[dict[str, Any]] = []
     texts: list[str] = []
-    for i, raw in enumerate(blocks):
-        here = at(at(where, "content"), i)
-        block = expect(raw, "object", here)
-        kind = take(block, "type", "string", here, required=True)
+    for here, block, kind in typed_objects(blocks, at(where, "content")):
         if kind == "text":
-            texts.append(take(block, "text", "string", here, required=True))
+            texts.append(text_of(block, here))
             continue
         if kind != "tool_result":
             raise invalid(at(here, "type"), f"expected text or tool_result, got {kind!r}")
@@ -133,7 +129,7 @@ def _user_blocks(blocks: list[Any], where: str) -> list[dict[str, Any]]:
             out.append({"role": "user", "content": "".join(texts)})
             texts = []
         result = block.get("content")
-        text = "" if result is None else _text_blocks(result, at(here, "content"))
+        text = "" if result is None else joined_text(result, at(here, "content"), "blocks")
         if take(block, "is_error", "boolean", here):
             text = f"Error: {text}"
         call_id = take(block, "tool_use_id", "string", here, required=True)
@@ -146,12 +142,9 @@ def _user_blocks(blocks: list[Any], where: str) -> list[dict[str, Any]]:
 def _assistant_blocks(blocks: list[Any], where: str) -> dict[str, Any]:
     texts: list[str] = []
     calls: list[dict[str, Any]] = []
-    for i, raw in enumerate(blocks):
-        here = at(at(where, "content"), i)
-        block = expect(raw, "object", here)
-        kind = take(block, "type", "string", here, required=True)
+    for here, block, kind in typed_objects(blocks, at(where, "content")):
         if kind == "text":
-            texts.append(take(block, "text", "string", here, required=True))
+            texts.append(text_of(block, here))
         elif kind == "tool_use":
             arguments = json.dumps(
                 take(block, "input", "object", here, required=True), ensure_ascii=False
@@ -176,22 +169,14 @@ def _assistant_blocks(blocks: list[Any], where: str) -> dict[str, Any]:
 
 def _tools(body: dict[str, Any]) -> list[dict[str, Any]] | None:
     raw = take(body, "tools", "array")
-    if raw is None:
-        return None
-    tools = []
-    for i, item in enumerate(raw):
-        here = at("tools", i)
-        tool = expect(item, "object", here)
-        kind = take(tool, "type", "string", here)
-        if kind not in (None, "custom"):
-            raise invalid(at(here, "type"), f"only custom tools are supported, got {kind!r}")
-        fn: dict[str, Any] = {"name": take(tool, "name", "string", here, required=True)}
-        description = take(tool, "description", "string", here)
-        if description is not None:
-            fn["description"] = description
-        fn["parameters"] = take(tool, "input_schema", "object", here, required=True)
-        tools.append({"type": "function", "function": fn})
-    return tools
+    return None if raw is None else [_tool(tool, here) for here, tool in objects(raw, "tools")]
+
+
+def _tool(tool: dict[str, Any], where: str) -> dict[str, Any]:
+    kind = take(tool, "type", "string", where)
+    if kind not in (None, "custom"):
+        raise invalid(at(where, "type"), f"only custom tools are supported, got {kind!r}")
+    return function_tool(tool, where, "input_schema", schema_required=True)
 
 
 def _tool_choice(raw: Any, tools: list[dict[str, Any]] | None) -> ToolChoice:
@@ -203,7 +188,7 @@ def _tool_choice(raw: Any, tools: list[dict[str, Any]] | None) -> ToolChoice:
         TOOL_CHOICE_TYPES,
         "tool_choice.type",
     )
-    names = [t["function"]["name"] for t in tools or ()]
+    names = tool_names(tools)
     if kind in ("any", "tool") and not names:
         raise invalid("tool_choice", f"type {kind!r} needs at least one tool in tools")
     if kind != "tool":

@@ -6,7 +6,7 @@ Kinds are data: a JSON type's name as an error message says it, and its test.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from k2trt.serve.errors import invalid
@@ -94,3 +94,66 @@ def strings(value: Any, where: str) -> tuple[str, ...]:
         if not item:
             raise invalid(at(where, i) if not isinstance(value, str) else where, "empty string")
     return tuple(items)
+
+
+def objects(value: Any, where: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(path, item) for each item of an array, each checked to be an object.
+
+    >>> [path for path, _ in objects([{}, {}], "tools")]
+    ['tools[0]', 'tools[1]']
+    """
+    for i, raw in enumerate(expect(value, "array", where)):
+        here = at(where, i)
+        yield here, expect(raw, "object", here)
+
+
+def typed_objects(value: Any, where: str) -> Iterator[tuple[str, dict[str, Any], str]]:
+    """(path, item, its `type`) for each object of an array of typed objects (content blocks,
+    content parts); `type` is required."""
+    for here, item in objects(value, where):
+        yield here, item, take(item, "type", "string", here, required=True)
+
+
+def text_of(item: Mapping[str, Any], where: str) -> str:
+    """A text block's or part's required `text`."""
+    return str(take(item, "text", "string", where, required=True))
+
+
+def joined_text(content: Any, where: str, noun: str) -> str:
+    """A string, or an array of text `noun`s (`{"type": "text", "text": ...}`) joined.
+
+    >>> joined_text([{"type": "text", "text": "a"}, {"type": "text", "text": "b"}], "c", "parts")
+    'ab'
+    """
+    if isinstance(content, str):
+        return content
+    texts = []
+    for here, item, kind in typed_objects(content, where):
+        if kind != "text":
+            raise invalid(at(here, "type"), f"only text {noun} are supported, got {kind!r}")
+        texts.append(text_of(item, here))
+    return "".join(texts)
+
+
+def function_tool(
+    source: Mapping[str, Any], where: str, schema_key: str, schema_required: bool = False
+) -> dict[str, Any]:
+    """An OpenAI function tool from `source`'s name, description and JSON schema (OpenAI's
+    `function` object keeps it in `parameters`, an Anthropic tool in `input_schema`).
+
+    >>> function_tool({"name": "f", "input_schema": {}}, "tools[0]", "input_schema", True)
+    {'type': 'function', 'function': {'name': 'f', 'parameters': {}}}
+    """
+    fn: dict[str, Any] = {"name": take(source, "name", "string", where, required=True)}
+    description = take(source, "description", "string", where)
+    if description is not None:
+        fn["description"] = description
+    schema = take(source, schema_key, "object", where, required=schema_required)
+    if schema is not None:
+        fn["parameters"] = schema
+    return {"type": "function", "function": fn}
+
+
+def tool_names(tools: list[dict[str, Any]] | None) -> list[str]:
+    """The function names of tools built by `function_tool`."""
+    return [t["function"]["name"] for t in tools or ()]

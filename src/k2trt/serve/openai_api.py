@@ -14,7 +14,18 @@ from typing import Any
 
 from k2trt.runtime.types import ChatChunk, ChatRequest, ToolChoice
 from k2trt.serve.answer import Answer, ParsedChat, dumps
-from k2trt.serve.checks import at, expect, in_range, one_of, strings, take
+from k2trt.serve.checks import (
+    at,
+    expect,
+    function_tool,
+    in_range,
+    joined_text,
+    objects,
+    one_of,
+    strings,
+    take,
+    tool_names,
+)
 from k2trt.serve.errors import ApiError, invalid, openai_error
 
 DEFAULT_TEMPERATURE = 0.6
@@ -84,21 +95,6 @@ def _number(
     return default if value is None else float(in_range(value, key, low, high, low_open))
 
 
-def text_content(content: Any, where: str) -> str:
-    """A string, or a list of `{"type": "text", "text": ...}` parts joined."""
-    if isinstance(content, str):
-        return content
-    parts = expect(content, "array", where)
-    texts = []
-    for i, part in enumerate(parts):
-        part = expect(part, "object", at(where, i))
-        kind = take(part, "type", "string", at(where, i), required=True)
-        if kind != "text":
-            raise invalid(at(at(where, i), "type"), f"only text parts are supported, got {kind!r}")
-        texts.append(take(part, "text", "string", at(where, i), required=True))
-    return "".join(texts)
-
-
 def _message(raw: Any, where: str) -> dict[str, Any]:
     """One message, rebuilt from the fields the chat template reads (nothing else passes)."""
     msg = expect(raw, "object", where)
@@ -113,7 +109,7 @@ def _message(raw: Any, where: str) -> dict[str, Any]:
     content = msg.get("content")
     if content is None and not calls:
         raise invalid(at(where, "content"), "required (a string or a list of text parts)")
-    out["content"] = "" if content is None else text_content(content, at(where, "content"))
+    out["content"] = "" if content is None else joined_text(content, at(where, "content"), "parts")
     if calls:
         out["tool_calls"] = calls
     if role == "tool":
@@ -122,10 +118,9 @@ def _message(raw: Any, where: str) -> dict[str, Any]:
 
 
 def _tool_calls(msg: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    raw = take(msg, "tool_calls", "array", where)
     calls = []
-    for i, raw in enumerate(take(msg, "tool_calls", "array", where) or ()):
-        here = at(at(where, "tool_calls"), i)
-        call = expect(raw, "object", here)
+    for here, call in objects(raw or [], at(where, "tool_calls")):
         fn = take(call, "function", "object", here, required=True)
         args = fn.get("arguments", "")
         if isinstance(args, dict):  # lenient: some clients send the object itself
@@ -145,31 +140,19 @@ def _tool_calls(msg: dict[str, Any], where: str) -> list[dict[str, Any]]:
 
 def _tools(body: dict[str, Any]) -> list[dict[str, Any]] | None:
     raw = take(body, "tools", "array")
-    if raw is None:
-        return None
-    tools = []
-    for i, item in enumerate(raw):
-        here = at("tools", i)
-        tool = expect(item, "object", here)
-        kind = take(tool, "type", "string", here) or "function"
-        one_of(kind, ("function",), at(here, "type"))
-        fn = take(tool, "function", "object", here, required=True)
-        where = at(here, "function")
-        out: dict[str, Any] = {"name": take(fn, "name", "string", where, required=True)}
-        description = take(fn, "description", "string", where)
-        if description is not None:
-            out["description"] = description
-        parameters = take(fn, "parameters", "object", where)
-        if parameters is not None:
-            out["parameters"] = parameters
-        tools.append({"type": "function", "function": out})
-    return tools
+    return None if raw is None else [_tool(tool, here) for here, tool in objects(raw, "tools")]
+
+
+def _tool(tool: dict[str, Any], where: str) -> dict[str, Any]:
+    one_of(take(tool, "type", "string", where) or "function", ("function",), at(where, "type"))
+    fn = take(tool, "function", "object", where, required=True)
+    return function_tool(fn, at(where, "function"), "parameters")
 
 
 def _tool_choice(raw: Any, tools: list[dict[str, Any]] | None) -> ToolChoice:
     if raw is None:
         return "auto"
-    names = [t["function"]["name"] for t in tools or ()]
+    names = tool_names(tools)
     if isinstance(raw, str):
         choice = one_of(raw, TOOL_CHOICES, "tool_choice")
         if choice == "required" and not names:

@@ -9,7 +9,6 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from types import TracebackType
 from typing import Any
 
 import uvicorn
@@ -115,12 +114,7 @@ class ServerThread:
             time.sleep(0.01)
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self._thread.join(timeout=(self.config.timeout_graceful_shutdown or 5) + 5)
         self._sock.close()
