@@ -9,7 +9,7 @@ runs the serving class its config.pbtxt names (`serving.roles`), with `pb` set t
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -77,21 +77,11 @@ class TritonModel:
 
     def inputs(self, request: Any, names: Iterable[str]) -> dict[str, NDArray[Any]]:
         """The named inputs the request carries, as numpy arrays (absent ones left out)."""
-        out = {}
-        for name in names:
-            tensor = self.pb.get_input_tensor_by_name(request, name)
-            if tensor is not None:
-                out[name] = tensor.as_numpy()
-        return out
+        return _arrays(self.pb.get_input_tensor_by_name, request, names)
 
     def outputs(self, response: Any, names: Iterable[str]) -> dict[str, NDArray[Any]]:
         """The named outputs a BLS response carries (absent ones left out)."""
-        out = {}
-        for name in names:
-            tensor = self.pb.get_output_tensor_by_name(response, name)
-            if tensor is not None:
-                out[name] = tensor.as_numpy()
-        return out
+        return _arrays(self.pb.get_output_tensor_by_name, response, names)
 
     def response(self, arrays: Mapping[str, NDArray[Any]]) -> Any:
         """An InferenceResponse holding these output tensors."""
@@ -107,3 +97,15 @@ class TritonModel:
     def final(self) -> int:
         """The flag that ends a decoupled request's responses."""
         return int(self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+
+def _arrays(
+    get: Callable[[Any, str], Any], holder: Any, names: Iterable[str]
+) -> dict[str, NDArray[Any]]:
+    """The named tensors `get` finds on a request or response, as numpy arrays."""
+    out = {}
+    for name in names:
+        tensor = get(holder, name)
+        if tensor is not None:
+            out[name] = tensor.as_numpy()
+    return out
