@@ -25,11 +25,16 @@ from k2trt.triton_repo.serving import roles  # noqa: E402
 
 
 class TritonPythonModel:
+    """What Triton loads: hands each call to the serving model of this model's role."""
+
     def initialize(self, args: dict[str, str]) -> None:
+        """Pick and set up the serving model (config.pbtxt in `args` names the role)."""
         self.model = roles.load(args, pb_utils)
 
     def execute(self, requests: list[Any]) -> Any:
+        """Responses, or None for the decoupled models (they answer through senders)."""
         return self.model.execute(requests)
 
     def finalize(self) -> None:
+        """The model is unloaded."""
         self.model.finalize()
