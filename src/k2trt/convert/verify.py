@@ -147,7 +147,8 @@ def _transformers() -> Any:
         import transformers
     except ImportError as exc:
         raise K2Error(
-            "verify needs transformers to build the model: pip install transformers"
+            f"cannot import transformers ({type(exc).__name__}: {exc}); the CPU reference model "
+            "needs it: pip install transformers"
         ) from exc
     if not hasattr(transformers, "DeepseekV3ForCausalLM"):
         raise K2Error(
