@@ -107,6 +107,24 @@ def python_path() -> str:
     return os.pathsep.join(dict.fromkeys(dirs))
 
 
+def stub_search_path(path: str, system_bin: str = "/usr/bin") -> str:
+    """PATH for the server, so the stub's embedded interpreter finds its own home.
+
+    The embedded (Debian) libpython works out sys.prefix by looking for `python3` on PATH.
+    Inside an activated virtual environment that is the venv's python, whose pyvenv.cfg points
+    at the interpreter it was made from (pyenv here): the stub then loads that build's
+    extension modules (`_ssl`...), which do not link against Debian's libpython. So venv `bin`
+    directories are dropped and the system's comes first.
+
+    >>> stub_search_path("/tmp/nothing-here/bin:/usr/local/bin")
+    '/usr/bin:/tmp/nothing-here/bin:/usr/local/bin'
+    """
+    kept = [
+        d for d in path.split(os.pathsep) if d and not (Path(d).parent / "pyvenv.cfg").exists()
+    ]
+    return os.pathsep.join([system_bin, *(d for d in kept if d != system_bin)])
+
+
 def install_server(dest: Path) -> Path:
     """Lay out bin/, backends/ (with the 3.11 stub) and caches/ under `dest`; the binary."""
     site = _site_packages()
@@ -184,6 +202,8 @@ class CpuTritonServer:
             p for p in (str(site / "nvidia_pytriton.libs"), env.get("LD_LIBRARY_PATH")) if p
         )
         env.setdefault("K2TRT_PYTHONPATH", python_path())
+        env["PATH"] = stub_search_path(env.get("PATH", ""))
+        env.pop("VIRTUAL_ENV", None)
         env.update(self.env)
         self.log_path = work / "tritonserver.log"
         with open(self.log_path, "wb") as log:
