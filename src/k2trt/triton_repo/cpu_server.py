@@ -119,9 +119,7 @@ def stub_search_path(path: str, system_bin: str = "/usr/bin") -> str:
     >>> stub_search_path("/tmp/nothing-here/bin:/usr/local/bin")
     '/usr/bin:/tmp/nothing-here/bin:/usr/local/bin'
     """
-    kept = [
-        d for d in path.split(os.pathsep) if d and not (Path(d).parent / "pyvenv.cfg").exists()
-    ]
+    kept = [d for d in path.split(os.pathsep) if d and not (Path(d).parent / "pyvenv.cfg").exists()]
     return os.pathsep.join([system_bin, *(d for d in kept if d != system_bin)])
 
 
