@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cli_run import run
 from k2trt.build.bundle import (
     OPTIONS_NAME,
     RECORD_NAME,
@@ -25,12 +26,6 @@ from k2trt.cli.app import main
 from k2trt.errors import K2Error
 from k2trt.models.kimi_k2 import deepseek_v3_config, kimi_k2_config
 from k2trt.runtime import trtllm
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture

@@ -8,17 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from cli_run import run
 from k2trt import __version__
-from k2trt.cli.app import main
 from k2trt.models.kimi_k2 import kimi_k2_config
-
-Run = tuple[int, str, str]
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> Run:
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,13 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from k2trt.cli.app import main
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
+from cli_run import run
 
 
 def test_convert_then_verify_pair(
