@@ -40,7 +40,7 @@ from k2trt.build.options import (
 )
 from k2trt.build.planner import LayoutPlan, PlanReport, Reserves, make_layout, plan
 from k2trt.build.spec import BuildSpec
-from k2trt.checkpoint.manifest import sha256_file
+from k2trt.checkpoint.manifest import hash_files, sha256_file
 from k2trt.errors import K2Error
 from k2trt.fsutil import atomic_dir, read_json, write_json_atomic, write_text_atomic
 from k2trt.models.config import ModelConfig
@@ -130,18 +130,21 @@ def checkpoint_entries(root: Path) -> list[Path]:
     return sorted(files)
 
 
-def hash_checkpoint(root: Path, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """{relative name: {bytes, sha256, mtime_ns}} for every pinned file."""
-    out: dict[str, Any] = {}
-    for path in checkpoint_entries(root):
-        stat = path.stat()
-        digest = sha256_file(path, progress)
-        out[path.relative_to(root).as_posix()] = {
+def hash_checkpoint(
+    root: Path, progress: Callable[[int], None] | None = None, workers: int = 2
+) -> dict[str, Any]:
+    """{relative name: {bytes, sha256, mtime_ns}} for every pinned file (hashed in parallel)."""
+    paths = checkpoint_entries(root)
+    mtimes = [p.stat().st_mtime_ns for p in paths]  # before hashing: a later write moves it
+    hashes = hash_files(paths, workers, progress)
+    return {
+        path.relative_to(root).as_posix(): {
             "bytes": digest.bytes,
             "sha256": digest.sha256,
-            "mtime_ns": stat.st_mtime_ns,
+            "mtime_ns": mtime,
         }
-    return out
+        for path, mtime, digest in zip(paths, mtimes, hashes, strict=True)
+    }
 
 
 def check_checkpoint(root: Path, files: Mapping[str, Any], rehash: bool = False) -> None:
@@ -149,10 +152,13 @@ def check_checkpoint(root: Path, files: Mapping[str, Any], rehash: bool = False)
     if not root.is_dir():
         raise K2Error("the bundle's checkpoint directory is gone", path=root)
     now = {p.relative_to(root).as_posix() for p in checkpoint_entries(root)}
-    for name in sorted(set(files) - now):
-        raise K2Error(f"checkpoint no longer matches the bundle: {name} is missing", path=root)
-    for name in sorted(now - set(files)):
-        raise K2Error(f"checkpoint no longer matches the bundle: {name} was added", path=root)
+    missing, added = sorted(set(files) - now), sorted(now - set(files))
+    if missing:
+        raise K2Error(
+            f"checkpoint no longer matches the bundle: {missing[0]} is missing", path=root
+        )
+    if added:
+        raise K2Error(f"checkpoint no longer matches the bundle: {added[0]} was added", path=root)
     for name in sorted(files):
         _check_file(root / name, files[name], rehash)
 

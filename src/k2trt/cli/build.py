@@ -7,9 +7,15 @@ from typing import Any
 
 import typer
 
-from k2trt.build.bundle import OPTIONS_NAME, RECORD_NAME, Bundle, build_bundle, record_execution
+from k2trt.build.bundle import (
+    OPTIONS_NAME,
+    RECORD_NAME,
+    Bundle,
+    build_bundle,
+    checkpoint_entries,
+    record_execution,
+)
 from k2trt.build.spec import BuildSpec
-from k2trt.checkpoint.manifest import checkpoint_files
 from k2trt.output import OUTPUT
 from k2trt.runtime import trtllm
 from k2trt.units import human_bytes
@@ -75,7 +81,8 @@ def command(
         "model_name": model_name,
     }
     spec = _spec(spec_file, flags)
-    total = sum(p.stat().st_size for p in checkpoint_files(ckpt)) if ckpt.is_dir() else 0
+    # The same files build_bundle hashes (tokenizer/ included), for an honest progress total.
+    total = sum(p.stat().st_size for p in checkpoint_entries(ckpt)) if ckpt.is_dir() else 0
     with OUTPUT.progress("hashing checkpoint", total) as ticker:
         bundle = build_bundle(ckpt, out, spec, force=force, progress=ticker.advance)
     bundle = _maybe_run(bundle, run)
