@@ -12,7 +12,19 @@ class K2Error(Exception):
     'ckpt/model.safetensors.index.json: index lists no shards'
     """
 
+    exit_code = 2  # bad input or a failure to read it
+
     def __init__(self, message: str, *, path: str | Path | None = None) -> None:
         self.message = message
         self.path = None if path is None else str(path)
         super().__init__(f"{self.path}: {message}" if self.path else message)
+
+
+class CheckFailed(K2Error):
+    """The input was read fine and failed a check (a gate, a hash, a finding): exit 1.
+
+    >>> CheckFailed("gate smoke failed").exit_code
+    1
+    """
+
+    exit_code = 1

@@ -40,7 +40,7 @@ from k2trt.build.options import (
 )
 from k2trt.build.planner import LayoutPlan, PlanReport, Reserves, make_layout, plan
 from k2trt.build.spec import BuildSpec
-from k2trt.checkpoint.manifest import hash_files, sha256_file
+from k2trt.checkpoint.manifest import FileHash, pin_changed, pin_files
 from k2trt.errors import K2Error
 from k2trt.fsutil import atomic_dir, read_json, write_json_atomic, write_text_atomic
 from k2trt.models.config import ModelConfig
@@ -72,6 +72,11 @@ class Bundle:
     def nodes(self) -> int:
         """Hosts needed: world size over GPUs per node, rounded up."""
         return -(-self.world_size // self.gpus_per_node)
+
+    @property
+    def serve_path(self) -> str:
+        """Where the serving nodes see the checkpoint (the options' paths point there)."""
+        return str(self.record["checkpoint"].get("serve_path") or self.checkpoint)
 
     @classmethod
     def load(cls, path: Path, check_hashes: bool = True, rehash: bool = False) -> Bundle:
@@ -131,20 +136,16 @@ def checkpoint_entries(root: Path) -> list[Path]:
 
 
 def hash_checkpoint(
-    root: Path, progress: Callable[[int], None] | None = None, workers: int = 2
+    root: Path,
+    progress: Callable[[int], None] | None = None,
+    workers: int = 2,
+    known: Mapping[str, FileHash] | None = None,
 ) -> dict[str, Any]:
-    """{relative name: {bytes, sha256, mtime_ns}} for every pinned file (hashed in parallel)."""
-    paths = checkpoint_entries(root)
-    mtimes = [p.stat().st_mtime_ns for p in paths]  # before hashing: a later write moves it
-    hashes = hash_files(paths, workers, progress)
-    return {
-        path.relative_to(root).as_posix(): {
-            "bytes": digest.bytes,
-            "sha256": digest.sha256,
-            "mtime_ns": mtime,
-        }
-        for path, mtime, digest in zip(paths, mtimes, hashes, strict=True)
-    }
+    """{relative name: {bytes, sha256, mtime_ns}} for every pinned file (hashed in parallel).
+
+    `known` holds hashes already taken (a manifest the caller has checked): a file listed
+    there with the same size is not read again."""
+    return pin_files(root, checkpoint_entries(root), known, workers, progress)
 
 
 def check_checkpoint(root: Path, files: Mapping[str, Any], rehash: bool = False) -> None:
@@ -164,22 +165,9 @@ def check_checkpoint(root: Path, files: Mapping[str, Any], rehash: bool = False)
 
 
 def _check_file(path: Path, want: Mapping[str, Any], rehash: bool) -> None:
-    stat = path.stat()
-    if stat.st_size != want["bytes"]:
-        raise K2Error(
-            f"checkpoint no longer matches the bundle: size {stat.st_size:,} bytes, "
-            f"recorded {want['bytes']:,}",
-            path=path,
-        )
-    if not rehash and stat.st_mtime_ns == want["mtime_ns"]:
-        return  # unchanged since it was hashed (as git and rsync decide)
-    got = sha256_file(path).sha256
-    if got != want["sha256"]:
-        raise K2Error(
-            f"checkpoint no longer matches the bundle: sha256 {got[:12]}..., "
-            f"recorded {want['sha256'][:12]}...",
-            path=path,
-        )
+    why = pin_changed(path, want, rehash)
+    if why is not None:
+        raise K2Error(f"checkpoint no longer matches the bundle: {why}", path=path)
 
 
 # ---- layout and options ----
@@ -317,17 +305,24 @@ def build_bundle(
     *,
     force: bool = False,
     progress: Callable[[int], None] | None = None,
+    serve_path: str | None = None,
+    known: Mapping[str, FileHash] | None = None,
 ) -> Bundle:
-    """Plan, generate and validate the options, hash the checkpoint, write the bundle."""
+    """Plan, generate and validate the options, hash the checkpoint, write the bundle.
+
+    `serve_path` is where the serving nodes see the checkpoint (default: where it is here);
+    the options point there. `known`: hashes the caller has already checked (no re-read)."""
     ckpt = ckpt.resolve()
     cfg = _prepared(ckpt)
     gpus = parse_gpus(spec.gpus)
     report, best = choose_layout(cfg, gpus, spec)
-    options = llm_options(cfg, gpus, best, spec, ckpt)
+    served = Path(serve_path) if serve_path else ckpt
+    options = llm_options(cfg, gpus, best, spec, served)
     text = options.to_yaml()
     ensure_valid(yaml.safe_load(text))  # parsed back, as TensorRT-LLM will read it
-    files = hash_checkpoint(ckpt, progress)
+    files = hash_checkpoint(ckpt, progress, known=known)
     record = build_record(ckpt, cfg, spec, report, best, text, files)
+    record["checkpoint"]["serve_path"] = str(served)
     with atomic_dir(out, force=force) as tmp:
         write_text_atomic(tmp / OPTIONS_NAME, text)
         write_json_atomic(tmp / RECORD_NAME, record)

@@ -14,16 +14,12 @@ k2trt.errors.K2Error: spec: unknown field 'contxt' (did you mean 'context'?)
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
-import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from k2trt.errors import K2Error
+from k2trt.typed import from_mapping, load_yaml
 
 KV_DTYPES = ("fp8", "bf16")
 
@@ -54,30 +50,16 @@ class BuildSpec:
         """Check names and types (one-line K2Error naming the field) and build a spec."""
         if not isinstance(data, Mapping):
             raise K2Error(f"{where}: expected a mapping of build fields")
-        hints = typing.get_type_hints(cls)
-        names = [f.name for f in dataclasses.fields(cls)]
-        for key in data:
-            if key not in names:
-                close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
-                raise K2Error(f"{where}: unknown field '{key}'{hint}")
-        values = {key: _coerce(f"{where}.{key}", data[key], hints[key]) for key in data}
-        if "gpus" not in values:
+        if "gpus" not in data:
             raise K2Error(f"{where}: field 'gpus' is required (e.g. gpus: H200x8)")
-        spec = cls(**values)
+        spec = from_mapping(cls, data, where)
         spec.check(where)
         return spec
 
     @classmethod
     def load(cls, path: Path) -> BuildSpec:
         """A spec from a YAML file."""
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise K2Error(f"cannot read the build spec: {exc}", path=path) from exc
-        except yaml.YAMLError as exc:
-            raise K2Error(f"build spec is not valid YAML: {_first_line(exc)}", path=path) from exc
-        return cls.from_mapping(data, where=str(path))
+        return cls.from_mapping(load_yaml(path, "build spec"), where=str(path))
 
     def merged(self, overrides: Mapping[str, Any]) -> BuildSpec:
         """This spec with command-line values (those not None) on top."""
@@ -112,58 +94,3 @@ class BuildSpec:
                 value = dict(value)
             out[f.name] = value
         return dict(sorted(out.items()))
-
-
-def _first_line(exc: Exception) -> str:
-    return " ".join(str(exc).split())
-
-
-def _coerce(where: str, value: object, hint: Any) -> Any:
-    """Strict checks: YAML gives int/float/bool/str/list/dict; no silent string-to-int."""
-    options = typing.get_args(hint) if _is_union(hint) else (hint,)
-    if value is None:
-        if type(None) in options:
-            return None
-        raise K2Error(f"{where}: expected a value, got null")
-    for option in options:
-        checked = _as(value, option)
-        if checked is not _NO:
-            return checked
-    wanted = " or ".join(_name(o) for o in options if o is not type(None))
-    raise K2Error(f"{where}: expected {wanted}, got {type(value).__name__} {value!r}")
-
-
-_NO = object()
-
-
-def _as(value: object, kind: Any) -> Any:
-    origin = typing.get_origin(kind)
-    if kind is bool:
-        return value if isinstance(value, bool) else _NO
-    if kind is int:
-        return value if isinstance(value, int) and not isinstance(value, bool) else _NO
-    if kind is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        return float(value) if ok else _NO  # type: ignore[arg-type]
-    if kind is str:
-        return value if isinstance(value, str) else _NO
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            return _NO
-        items = [_as(v, int) for v in value]
-        return _NO if any(i is _NO for i in items) else tuple(items)
-    if origin in (Mapping, dict) or kind is Mapping:
-        return dict(value) if isinstance(value, Mapping) else _NO
-    return _NO
-
-
-def _is_union(hint: Any) -> bool:
-    return typing.get_origin(hint) in (typing.Union, types.UnionType)
-
-
-def _name(kind: Any) -> str:
-    if typing.get_origin(kind) is tuple:
-        return "a list of integers"
-    if typing.get_origin(kind) in (Mapping, dict):
-        return "a mapping"
-    return str(getattr(kind, "__name__", kind))

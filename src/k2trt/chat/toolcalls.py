@@ -40,6 +40,10 @@ from typing import Any, Literal, TypeAlias
 
 from k2trt.errors import K2Error
 
+# Bumped whenever the parser's output for some input changes: releases record it, and their
+# notes say when it moved (a served answer can change with it).
+PARSER_VERSION = "kimi-toolcalls/1"
+
 UndeclaredPolicy = Literal["keep", "drop", "error"]
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +50,56 @@ def hash_files(
         for i, future in futures.items():
             results[i] = future.result()
     return [results[i] for i in range(len(paths))]
+
+
+def pin_files(
+    root: Path,
+    paths: list[Path],
+    known: Mapping[str, FileHash] | None = None,
+    workers: int = 2,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """{path relative to root: {bytes, sha256, mtime_ns}}: a manifest that can be re-checked
+    cheaply (`pin_changed`). A file in `known` (hashes the caller has checked) with the same
+    size is not read again; the others are hashed in parallel.
+
+    >>> pin_files(Path("ckpt"), [Path("ckpt/config.json")])  # doctest: +SKIP
+    {'config.json': {'bytes': 1234, 'sha256': '...', 'mtime_ns': ...}}
+    """
+    names = [p.relative_to(root).as_posix() for p in paths]
+    stats = [p.stat() for p in paths]  # before hashing: a later write moves the mtime
+    known = known or {}
+    fresh = [
+        p
+        for p, n, st in zip(paths, names, stats, strict=True)
+        if n not in known or known[n].bytes != st.st_size
+    ]
+    hashed = dict(zip(fresh, hash_files(fresh, workers, progress), strict=True))
+    return {
+        n: {
+            "bytes": st.st_size,
+            "sha256": (hashed.get(p) or known[n]).sha256,
+            "mtime_ns": st.st_mtime_ns,
+        }
+        for p, n, st in zip(paths, names, stats, strict=True)
+    }
+
+
+def pin_changed(path: Path, want: Mapping[str, Any], rehash: bool = False) -> str | None:
+    """Why `path` no longer matches its pin (missing, size, sha256), or None when it does.
+    The sha256 is only re-read when the mtime moved (as git and rsync decide) or `rehash`."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return "is missing"
+    if stat.st_size != want["bytes"]:
+        return f"size {stat.st_size:,} bytes, recorded {want['bytes']:,}"
+    if not rehash and stat.st_mtime_ns == want.get("mtime_ns"):
+        return None
+    got = sha256_file(path).sha256
+    if got != want["sha256"]:
+        return f"sha256 {got[:12]}..., recorded {want['sha256'][:12]}..."
+    return None
 
 
 def checkpoint_files(root: Path) -> list[Path]:

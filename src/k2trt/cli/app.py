@@ -9,7 +9,7 @@ import traceback
 import typer
 
 from k2trt import __version__
-from k2trt.cli import build, chat, convert, demo, inspect, package, plan, serve, synth
+from k2trt.cli import build, chat, convert, demo, inspect, package, plan, release, serve, synth
 from k2trt.errors import K2Error
 from k2trt.output import OUTPUT
 
@@ -60,6 +60,7 @@ app.command("package")(package.command)
 app.command("serve")(serve.command)
 app.command("demo")(demo.command)
 app.add_typer(chat.app, name="chat")
+app.add_typer(release.app, name="release")
 
 
 def _hoist_global_flags(argv: list[str]) -> list[str]:
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         if OUTPUT.debug:
             traceback.print_exc()
         OUTPUT.error(str(exc))
-        return EXIT_ERROR
+        return exc.exit_code
     except typer.Exit as exc:
         return int(exc.exit_code or 0)
     except (typer.Abort, KeyboardInterrupt):

@@ -149,8 +149,12 @@ class CpuTritonServer:
         env: Mapping[str, str] | None = None,
         timeout: float = READY_TIMEOUT_S,
         extra_args: tuple[str, ...] = (),
+        binary: Path | None = None,
     ) -> None:
         self.repo = Path(repo)
+        # A tritonserver installed beside its backends/ and caches/ (NVIDIA's containers:
+        # /opt/tritonserver/bin/tritonserver) instead of the CPU build in nvidia-pytriton.
+        self.binary = binary
         self.env = dict(env or {})
         self.timeout = timeout
         self.extra_args = extra_args
@@ -191,14 +195,14 @@ class CpuTritonServer:
         """Start the server and wait until /v2/health/ready answers 200."""
         self._dir = tempfile.TemporaryDirectory(prefix="k2trt-tritonserver-")
         work = Path(self._dir.name)
-        binary = install_server(work / "server")
+        binary = self.binary or install_server(work / "server")
         site = _site_packages()
-        assert site is not None
         self.http_port, self.grpc_port = free_port(), free_port()
         env = dict(os.environ)
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(
-            p for p in (str(site / "nvidia_pytriton.libs"), env.get("LD_LIBRARY_PATH")) if p
-        )
+        if self.binary is None and site is not None:
+            env["LD_LIBRARY_PATH"] = os.pathsep.join(
+                p for p in (str(site / "nvidia_pytriton.libs"), env.get("LD_LIBRARY_PATH")) if p
+            )
         env.setdefault("K2TRT_PYTHONPATH", python_path())
         env["PATH"] = stub_search_path(env.get("PATH", ""))
         env.pop("VIRTUAL_ENV", None)

@@ -57,11 +57,37 @@ class Package:
         return self.path / REPOSITORY_DIR
 
 
-def model_yaml(bundle: Bundle) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Placement:
+    """Where the serving nodes find things; model.yaml and the launch files point there.
+
+    By default where they are on this machine (the bundle's checkpoint, OUT's repository); a
+    release places them where its deployment puts them."""
+
+    checkpoint: str
+    repository: str
+    bundle: str
+    image: str = launch.IMAGE
+
+
+def placement_for(bundle: Bundle, out: Path) -> Placement:
+    """The default placement: paths on this machine."""
+    return Placement(
+        checkpoint=bundle.serve_path,
+        repository=str((out / REPOSITORY_DIR).resolve()),
+        bundle=str(bundle.path.resolve()),
+    )
+
+
+def model_yaml(bundle: Bundle, checkpoint: str | None = None) -> dict[str, Any]:
     """tensorrt_llm/1/model.yaml: the checkpoint, the PyTorch backend, the bundle's LLM API
-    options, and `triton_config` saying what config.pbtxt says."""
+    options, and `triton_config` saying what config.pbtxt says. `checkpoint` moves the
+    checkpoint (and the tokenizer inside it) from where the bundle's options put it."""
     data: dict[str, Any] = dict(bundle.options)
-    data["model"] = str(bundle.checkpoint.resolve())
+    served = checkpoint or bundle.serve_path
+    if data.get("tokenizer") == str(Path(bundle.serve_path) / TOKENIZER_SUBDIR):
+        data["tokenizer"] = str(Path(served) / TOKENIZER_SUBDIR)
+    data["model"] = served
     data["backend"] = "pytorch"
     data["triton_config"] = {"max_batch_size": spec.LLM_MAX_BATCH_SIZE, "decoupled": True}
     return data
@@ -135,46 +161,54 @@ def write_launch(dest: Path, deployment: launch.Deployment) -> None:
 
 
 def deployment_for(
-    bundle: Bundle, out: Path, container: str = launch.CONTAINER
+    bundle: Bundle, placement: Placement, container: str = launch.CONTAINER
 ) -> launch.Deployment:
-    """The launch facts of a bundle packaged at `out` (absolute paths)."""
+    """The launch facts of a bundle packaged for `placement`."""
     return launch.Deployment(
-        repo=str((out / REPOSITORY_DIR).resolve()),
-        checkpoint=str(bundle.checkpoint.resolve()),
+        repo=placement.repository,
+        checkpoint=placement.checkpoint,
         world_size=bundle.world_size,
         gpus_per_node=bundle.gpus_per_node,
         model_id=bundle.model_id,
         llm_model=spec.LLM_MODEL,
         container=container,
+        image=placement.image,
     )
 
 
 def package(
-    bundle: Bundle, out: Path, force: bool = False, container: str = launch.CONTAINER
+    bundle: Bundle,
+    out: Path,
+    force: bool = False,
+    container: str = launch.CONTAINER,
+    placement: Placement | None = None,
 ) -> Package:
     """Write the repository for `bundle` at `out` (see the module docstring).
 
     >>> package(Bundle.load(Path("bundle")), Path("triton"))  # doctest: +SKIP
     """
     out = Path(out)
-    deployment = deployment_for(bundle, out, container)
+    placement = placement or placement_for(bundle, out)
+    deployment = deployment_for(bundle, placement, container)
     with atomic_dir(out, force=force) as tmp:
         repo = tmp / REPOSITORY_DIR
         write_models(repo, bundle.model_id)
-        options = yaml.safe_dump(model_yaml(bundle), sort_keys=True)
+        options = yaml.safe_dump(model_yaml(bundle, placement.checkpoint), sort_keys=True)
         (repo / spec.LLM_MODEL / spec.VERSION / "model.yaml").write_text(options, encoding="utf-8")
         files = write_model_files(bundle.checkpoint, repo)
         write_launch(tmp / LAUNCH_DIR, deployment)
-        record = _record(bundle, deployment, files)
+        record = _record(bundle, placement, deployment, files)
         (tmp / RECORD_NAME).write_text(dump_json(record), encoding="utf-8")
     return Package(out, record)
 
 
-def _record(bundle: Bundle, d: launch.Deployment, files: dict[str, str]) -> dict[str, Any]:
+def _record(
+    bundle: Bundle, placement: Placement, d: launch.Deployment, files: dict[str, str]
+) -> dict[str, Any]:
     return {
         "format": RECORD_FORMAT,
         "k2trt": __version__,
-        "bundle": str(bundle.path.resolve()),
+        "bundle": placement.bundle,
         "checkpoint": d.checkpoint,
         "model_id": d.model_id,
         "models": list(spec.MODELS),
