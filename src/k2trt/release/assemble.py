@@ -99,7 +99,8 @@ def write_parts(ctx: Context, tmp: Path) -> None:
     write_json_atomic(tmp / "stages.json", {n: r.result for n, r in ctx.records.items()})
     (tmp / "checkpoint").mkdir()
     shutil.copyfile(work / "source-manifest.json", tmp / SOURCE_MANIFEST)
-    shutil.copyfile(ctx.prepared / MANIFEST_NAME, tmp / PREPARED_MANIFEST)
+    prepared = prepared_projection(read_json(ctx.prepared / MANIFEST_NAME), ctx)
+    write_json_atomic(tmp / PREPARED_MANIFEST, prepared)
     if ctx.opts.include_weights:
         _link_tree(ctx.prepared, tmp / WEIGHTS)
     (tmp / "engine").mkdir()
@@ -125,10 +126,28 @@ def _link_tree(src: Path, dest: Path) -> None:
             shutil.copyfile(path, target)
 
 
+def prepared_projection(manifest: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    """The convert manifest with the source named as the spec names it (not where this
+    machine keeps it) and the template's source relative to the checkpoint."""
+    out = {**manifest, "source": {**manifest["source"], "path": ctx.spec.checkpoint.path}}
+    template = manifest.get("chat_template")
+    if isinstance(template, dict) and template.get("source"):
+        where = Path(template["source"])
+        if where.is_absolute() and where.is_relative_to(ctx.source):
+            out["chat_template"] = {**template, "source": where.relative_to(ctx.source).as_posix()}
+    return out
+
+
 def build_projection(record: dict[str, Any]) -> dict[str, Any]:
-    """The build record without what only this machine knows (local path, mtimes)."""
+    """The build record without what only this machine knows: the local path, mtimes, and
+    the convert manifest's own hash (it names the source's local path; the release carries
+    its projection, checkpoint/prepared-manifest.json, instead)."""
     ckpt = record["checkpoint"]
-    files = {n: {"bytes": f["bytes"], "sha256": f["sha256"]} for n, f in ckpt["files"].items()}
+    files = {
+        n: {"bytes": f["bytes"], "sha256": f["sha256"]}
+        for n, f in ckpt["files"].items()
+        if n != MANIFEST_NAME
+    }
     return {
         **record,
         "checkpoint": {

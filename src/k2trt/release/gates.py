@@ -125,6 +125,8 @@ def run_gates(ctx: Context) -> dict[str, dict[str, Any]]:
                     out_dir=out / "perf",
                 )
     if gates.perf is not None and engine != TRTLLM:
+        from k2trt.release.evalgate import not_executed
+
         results["perf"] = not_executed(
             "perf",
             "no GPU: the CPU stand-in has no performance to measure; the recipe is in gates/perf/",
@@ -132,10 +134,6 @@ def run_gates(ctx: Context) -> dict[str, dict[str, Any]]:
     for name, result in results.items():
         write_json_atomic(out / f"{name}.json", result)
     return results
-
-
-def not_executed(gate: str, reason: str) -> dict[str, Any]:
-    return {"gate": gate, "status": "not executed", "figures": {}, "failures": [], "reason": reason}
 
 
 def _write_recipe(ctx: Context, out: Path) -> None:

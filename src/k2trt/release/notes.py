@@ -77,17 +77,27 @@ def _section(title: str, lines: list[str], unchanged: str) -> list[str]:
     return [f"## {title}", "", *(f"- {line}" for line in (lines or [unchanged])), ""]
 
 
+def _gate_figures(gate: Mapping[str, Any]) -> dict[str, Any]:
+    return {"status": gate.get("status", "-"), **flat(gate.get("figures") or {})}
+
+
 def _gate_rows(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> list[str]:
+    """One row per gate figure: its value, or (with a previous release) before and after."""
+    if not after and not before:
+        return ["No gates declared."]
+    if before is None:
+        rows = ["| gate | figure | value |", "|---|---|---|"]
+        for gate, result in sorted(after.items()):
+            rows += [f"| {gate} | {k} | {_cell(v)} |" for k, v in _gate_figures(result).items()]
+        return rows
     rows = ["| gate | figure | before | after |", "|---|---|---|---|"]
-    for gate in sorted(after.keys() | (before or {}).keys()):
-        old = (before or {}).get(gate) or {}
-        new = after.get(gate) or {}
-        rows.append(f"| {gate} | status | {old.get('status', '-')} | {new.get('status', '-')} |")
-        figures_old = flat(old.get("figures") or {})
-        figures_new = flat(new.get("figures") or {})
-        for key in sorted(figures_old.keys() | figures_new.keys()):
-            a, b = figures_old.get(key, "-"), figures_new.get(key, "-")
-            rows.append(f"| {gate} | {key} | {_cell(a)} | {_cell(b)} |")
+    for gate in sorted(after.keys() | before.keys()):
+        old = _gate_figures(before.get(gate) or {})
+        new = _gate_figures(after.get(gate) or {})
+        for key in [*new, *(k for k in old if k not in new)]:
+            rows.append(
+                f"| {gate} | {key} | {_cell(old.get(key, '-'))} | {_cell(new.get(key, '-'))} |"
+            )
     return rows
 
 

@@ -234,7 +234,7 @@ def convert_run(ctx: Context) -> Outcome:
         "bytes": done.bytes,
         "dropped_tensors": done.dropped,
         "config_changes": done.config_changes,
-        "chat_template": manifest.get("chat_template"),
+        "chat_template": {k: manifest["chat_template"].get(k) for k in ("name", "sha256")},
     }
     log = {"written": done.written, "linked": done.linked, "resumed": done.skipped}
     return Outcome(tree(ctx.prepared), result, log, known)

@@ -95,7 +95,8 @@ def verify_signature(release: Path, public_key: Path) -> list[str]:
     return []
 
 
-_HASH_MISMATCH = re.compile(r"Hash mismatch for '([^']+)'")
+# The message is a Python list's repr: an item holding both quote kinds has \' inside.
+_HASH_MISMATCH = re.compile(r"Hash mismatch for \\?'([^'\\]+)\\?'")
 _FILE_LIST = re.compile(r"(Extra files found in model|Missing files in model)[^:]*: ([^\"'\]]+)")
 
 

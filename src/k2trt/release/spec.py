@@ -13,7 +13,7 @@
       checkpoint_path: /models/kimi-k2/prepared   # where serving nodes find the weights
     gates:
       smoke: {engine: auto}
-      eval: {command: [...], min: {successful_tool_call_rate: 0.98}}
+      eval: {command: [...], min: {schema_accuracy: 0.98}}
       perf: {requests: 200, concurrency: 16, min: {output_token_throughput: 2000}}
     previous: 1.3.0                    # a version beside this one, or a release directory
 
