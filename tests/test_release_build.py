@@ -313,3 +313,20 @@ def test_bad_inputs_are_one_line_errors(tiny_ckpt: Path, tmp_path: Path) -> None
     with pytest.raises(K2Error, match=r"previous: no release at .*0.9.0"):
         build(spec, tmp_path / "out2")
     shutil.rmtree(tmp_path / "out2", ignore_errors=True)
+
+
+def test_a_template_change_keeps_the_engine_and_changes_the_serving_part(
+    baseline: Path, tiny_ckpt: Path, tmp_path: Path
+) -> None:
+    spec = make_project(tmp_path, tiny_ckpt)
+    config = tmp_path / "tiny/tokenizer_config.json"
+    data = json.loads(config.read_text())
+    data["chat_template"] += "{# template v2 #}"
+    config.write_text(json.dumps(data))
+    changed = build(spec, tmp_path / "out").manifest
+    first = json.loads((baseline / "release.json").read_text())
+    assert changed["engine"] == first["engine"]
+    assert changed["checkpoint"]["sha256"] != first["checkpoint"]["sha256"]
+    assert (
+        changed["serving"]["chat_template"]["sha256"] != first["serving"]["chat_template"]["sha256"]
+    )

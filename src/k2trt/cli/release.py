@@ -190,3 +190,14 @@ def ci(
         {"written": [str(p) for p in written]},
         lambda d: "\n".join(f"wrote {p}" for p in d["written"]),
     )
+
+
+def _register_more() -> None:
+    # publishing and rollout live in their own modules; they attach to this group
+    from k2trt.cli import release_deploy, release_publish
+
+    release_publish.register(app)
+    release_deploy.register(app)
+
+
+_register_more()

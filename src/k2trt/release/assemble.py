@@ -53,6 +53,14 @@ PREPARED_MANIFEST = "checkpoint/prepared-manifest.json"
 WEIGHTS = "checkpoint/weights"
 OPTIONS = "engine/llm_api_options.yaml"
 BUILD = "engine/build.json"
+ENGINE_CONFIGS = frozenset(
+    {
+        "model.safetensors.index.json",
+        "config.json",
+        "generation_config.json",
+        "hf_quant_config.json",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -183,7 +191,8 @@ def manifest_body(ctx: Context, tmp: Path) -> dict[str, Any]:
             "kind": r["convert"]["kind"],
         },
         "engine": {
-            "id": digest({"checkpoint": digest(ckpt_files), "options": options_sha}),
+            "id": engine_id(ckpt_files, options_sha),
+            "weights_sha256": digest(engine_files(ckpt_files)),
             "options": OPTIONS,
             "options_sha256": options_sha,
             "option_schema": build["options"]["schema"],
@@ -211,6 +220,22 @@ def manifest_body(ctx: Context, tmp: Path) -> dict[str, Any]:
         "gates": r["gates"]["gates"],
         "previous": None,
     }
+
+
+def engine_files(files: dict[str, str]) -> dict[str, str]:
+    """The checkpoint files TensorRT-LLM builds its runtime from: weights, index, configs.
+    Tokenizer and chat template files are the serving models' part (they change without a
+    reload of the engine).
+
+    >>> sorted(engine_files({"a.safetensors": "1", "config.json": "2", "tiktoken.model": "3"}))
+    ['a.safetensors', 'config.json']
+    """
+    return {n: h for n, h in files.items() if n.endswith(".safetensors") or n in ENGINE_CONFIGS}
+
+
+def engine_id(files: dict[str, str], options_sha256: str) -> str:
+    """What must be equal for a release to roll onto a running engine in place."""
+    return digest({"weights": digest(engine_files(files)), "options": options_sha256})
 
 
 def _source(ctx: Context, inspected: dict[str, Any]) -> dict[str, Any]:
