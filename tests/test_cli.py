@@ -127,7 +127,7 @@ def test_synth_cli_and_bad_options(capsys: pytest.CaptureFixture[str], tmp_path:
 def test_demo_runs_each_stage(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, out, _ = run(capsys, "demo", "--workdir", str(tmp_path))
     lines = out.splitlines()
-    assert code == 0 and len(lines) == 10
+    assert code == 0 and len(lines) == 11
     assert lines[0].startswith("[synth] wrote a tiny Kimi K2 checkpoint: 166 tensors in 3 shards")
     assert lines[1].startswith("[inspect] deepseek_v3 (kimi_k2), 3,963,912 parameters, 72 scales")
     assert lines[2].startswith("[convert] prepared kimi-k2-tiny-trtllm (163 tensors, 3 rotary")
@@ -140,12 +140,17 @@ def test_demo_runs_each_stage(capsys: pytest.CaptureFixture[str], tmp_path: Path
     assert lines[5].startswith("[plan] tiny model fits 1 x H100; Kimi K2 at 128K context on 16")
     assert lines[6].startswith("[build] bundle kimi-k2-tiny-bundle: TP1 EP1 on 1 x H100, moe CUT")
     assert lines[7].startswith("[package] Triton repository kimi-k2-tiny-triton: chat, post")
-    assert lines[8].startswith("[serve] OpenAI API at http://127.0.0.1:")
+    assert lines[8].startswith("[release] kimi-k2-tiny 1.0.0 sha256:")
     assert lines[8].endswith(
+        "re-used 3 of 6 stages, verified (signature, every sha256), notes vs 1.0.0: option "
+        "`max_batch_size`: 8 -> 16"
+    )
+    assert lines[9].startswith("[serve] OpenAI API at http://127.0.0.1:")
+    assert lines[9].endswith(
         'get_weather({"city": "Paris"}) -> tool result -> \'It is sunny in Paris, 22 °C.\' '
         "(finish stop, tool_calls, stop)"
     )
-    assert lines[9] == f"demo ok: 9 stages in {tmp_path}"
+    assert lines[10] == f"demo ok: 10 stages in {tmp_path}"
     code, out, _ = run(capsys, "--json", "demo", "--workdir", str(tmp_path / "j"))
     assert [s["name"] for s in json.loads(out)["stages"]] == [
         "synth",
@@ -156,5 +161,6 @@ def test_demo_runs_each_stage(capsys: pytest.CaptureFixture[str], tmp_path: Path
         "plan",
         "build",
         "package",
+        "release",
         "serve",
     ]

@@ -24,10 +24,11 @@ class Stage:
 def run_demo(
     root: Path, *, seed: int = 0, on_stage: Callable[[Stage], None] = lambda s: None
 ) -> list[Stage]:
-    """synth -> inspect -> convert -> verify -> chat -> plan -> build -> package -> serve.
+    """synth -> inspect -> convert -> verify -> chat -> plan -> build -> package -> release
+    -> serve.
 
-    >>> [s.name for s in run_demo(Path("/tmp/demo"))]  # doctest: +SKIP
-    ['synth', 'inspect', 'convert', 'verify', 'chat', 'plan', 'build', 'package', 'serve']
+    >>> [s.name for s in run_demo(Path("/tmp/demo"))][-2:]  # doctest: +SKIP
+    ['release', 'serve']
     """
     stages: list[Stage] = []
 
@@ -63,6 +64,7 @@ def run_demo(
     done(_plan_stage(ckpt))
     done(_build_stage(root))
     done(_package_stage(root))
+    done(_release_stage(root, ckpt))
     done(_serve_stage(root))
     return stages
 
@@ -122,6 +124,52 @@ def _package_stage(root: Path) -> Stage:
         f"Triton repository {pkg.path.name}: {', '.join(models)}; launch/ "
         f"({', '.join(launch)}) for world size {bundle.world_size}",
         {"path": str(pkg.path), "models": models, "launch": launch},
+    )
+
+
+def _release_stage(root: Path, ckpt: Path) -> Stage:
+    """Two signed releases from one spec (the second re-uses the first's finished stages and
+    its notes say what changed); the smoke gate runs where the CPU tritonserver can."""
+    import yaml
+
+    from k2trt.release.pipeline import ReleaseOptions, build_release
+    from k2trt.release.sign import keygen
+    from k2trt.release.verify import verify_release
+    from k2trt.triton_repo.cpu_server import available
+
+    private, public = keygen(root / "keys", force=True)
+    why_not = available()
+    spec: dict[str, Any] = {
+        "name": "kimi-k2-tiny",
+        "version": "1.0.0",
+        "checkpoint": {"path": str(ckpt)},
+        "build": {"gpus": "H100x1", "context": 4096, "max_batch_size": 8},
+        "gates": {"smoke": {"enabled": why_not is None, "engine": "cpu-standin"}},
+    }
+    opts = ReleaseOptions(workdir=root / "release-work", sign_key=private, force=True)
+    lines: list[str] = []
+    releases = []
+    for version, batch in (("1.0.0", 8), ("1.1.0", 16)):
+        spec.update(version=version, previous="1.0.0" if version != "1.0.0" else None)
+        spec["build"]["max_batch_size"] = batch
+        path = root / f"release-{version}.yaml"
+        path.write_text(yaml.safe_dump(spec), encoding="utf-8")
+        lines.clear()
+        releases.append(build_release(path, root / "releases", opts, say=lines.append))
+    first, second = releases
+    checked = verify_release(second.path, public_key=public)
+    if not checked.ok:
+        raise K2Error(f"demo release does not verify: {checked.findings[0]}", path=second.path)
+    reused = sum("unchanged" in line for line in lines)
+    notes = (second.path / "RELEASE_NOTES.md").read_text(encoding="utf-8")
+    changed = next(line[2:] for line in notes.splitlines() if "`max_batch_size`" in line)
+    smoke = first.manifest["gates"].get("smoke", {}).get("status", f"skipped ({why_not})")
+    return Stage(
+        "release",
+        f"kimi-k2-tiny 1.0.0 {first.manifest['id'][:19]}...: {len(first.manifest['files'])} "
+        f"files pinned, smoke gate {smoke}, signed; 1.1.0 re-used {reused} of 6 stages, "
+        f"verified (signature, every sha256), notes vs 1.0.0: {changed}",
+        {"releases": [str(r.path) for r in releases], "smoke": smoke},
     )
 
 
