@@ -48,7 +48,7 @@ import math
 import os
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeGuard
 
@@ -120,13 +120,11 @@ def check(summary: Mapping[str, Any], gate: EvalGate) -> dict[str, Any]:
     counted = "success_count" in figures and "failure_count" in figures
     if counted and figures["success_count"] + figures["failure_count"] == 0:
         failures.append("the eval summary counts no request (success + failure = 0)")
-    for key in sorted({*gate.min, *gate.max}):
-        value = derived[key] if key in derived else lookup(summary, key)
-        if isinstance(value, str):
-            failures.append(value)
-        else:
-            figures[key] = value
-    failures += compare(figures, gate.min, gate.max)
+
+    def find(key: str) -> float | str:
+        return derived[key] if key in derived else lookup(summary, key)
+
+    failures += thresholds(figures, gate.min, gate.max, find)
     return verdict("eval", figures, failures)
 
 
@@ -262,6 +260,24 @@ def last_line(log: Path, prefer: str = "") -> str:
 def is_number(value: object) -> TypeGuard[int | float]:
     """A JSON number (bool is not one), finite."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def thresholds(
+    figures: dict[str, float],
+    low: Mapping[str, float],
+    high: Mapping[str, float],
+    find: Callable[[str], float | str],
+) -> list[str]:
+    """Look up every threshold key not in `figures` yet (`find` gives the number, or a
+    one-line failure), add it, then `compare`; the failures."""
+    failures = []
+    for key in sorted({*low, *high} - figures.keys()):
+        value = find(key)
+        if isinstance(value, str):
+            failures.append(value)
+        else:
+            figures[key] = value
+    return failures + compare(figures, low, high)
 
 
 def compare(

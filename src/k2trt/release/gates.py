@@ -32,6 +32,7 @@ from k2trt.fsutil import write_json_atomic, write_text_atomic
 from k2trt.release.spec import SmokeGate, resolve
 from k2trt.runtime.types import ChatBackend, ChatRequest
 from k2trt.serve.answer import Answer
+from k2trt.serve.demo import TOOLS, WEATHER  # the demo's get_weather tool and its result
 
 if TYPE_CHECKING:
     from k2trt.release.pipeline import Context
@@ -39,23 +40,8 @@ if TYPE_CHECKING:
 CPU_STANDIN = "cpu-standin"
 TRTLLM = "trtllm"
 CONTAINER_TRITONSERVER = Path("/opt/tritonserver/bin/tritonserver")
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Current weather in a city.",
-            "parameters": {
-                "type": "object",
-                "properties": {"city": {"type": "string"}},
-                "required": ["city"],
-            },
-        },
-    }
-]
 FORCED = {"type": "function", "function": {"name": "get_weather"}}
 QUESTION = [{"role": "user", "content": "What is the weather in Paris? Use the tool."}]
-WEATHER = {"city": "Paris", "sky": "sunny", "celsius": 22}
 # The CPU stand-in's scripted turns. The forced tool_choice already opens the call in the
 # prompt, so the first reply holds only the arguments and the closing markers.
 SCRIPT = [

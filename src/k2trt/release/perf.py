@@ -39,11 +39,11 @@ from pathlib import Path
 from typing import Any
 
 from k2trt.release.evalgate import (
-    compare,
     is_number,
     last_line,
     not_executed,
     run_bounded,
+    thresholds,
     verdict,
 )
 from k2trt.release.spec import PerfGate
@@ -198,13 +198,7 @@ def check(export: Mapping[str, Any], gate: PerfGate) -> dict[str, Any]:
     if figures["error_request_count"] > 0:
         errors = figures["error_request_count"]
         failures.append(f"error_request_count {errors:g} > 0 ({error_kinds(export)})")
-    for key in sorted({*gate.min, *gate.max} - figures.keys()):
-        value = stat(metrics, key)
-        if isinstance(value, str):
-            failures.append(value)
-        else:
-            figures[key] = value
-    failures += compare(figures, gate.min, gate.max)
+    failures += thresholds(figures, gate.min, gate.max, lambda key: stat(metrics, key))
     return verdict("perf", figures, failures)
 
 

@@ -70,14 +70,7 @@ def check_files(release: Path, manifest: dict[str, Any]) -> list[str]:
             f"its content ({release_id(manifest)[:19]}...): the manifest was edited"
         )
     listed = manifest["files"]
-    for name, want in sorted(listed.items()):
-        path = release / name
-        if not path.is_file():
-            findings.append(f"{path}: missing (listed in release.json)")
-        elif path.stat().st_size != want["bytes"]:
-            findings.append(f"{path}: {path.stat().st_size:,} bytes, expected {want['bytes']:,}")
-        elif (got := sha256_file(path).sha256) != want["sha256"]:
-            findings.append(f"{path}: sha256 {got[:16]}..., expected {want['sha256'][:16]}...")
+    findings += check_against(release, listed, "missing (listed in release.json)")
     for path in tree(release):
         name = path.relative_to(release).as_posix()
         if name not in listed and name not in UNHASHED:
@@ -90,11 +83,16 @@ def check_weights(release: Path, manifest: dict[str, Any], weights: Path) -> lis
     if not weights.is_dir():
         raise K2Error("--weights: not a directory", path=weights)
     data = read_json(release / manifest["checkpoint"]["manifest"], "checkpoint manifest")
+    return check_against(weights, data["files"], "missing from the weights")
+
+
+def check_against(root: Path, files: dict[str, Any], missing: str) -> list[str]:
+    """Each of `files` ({name: {bytes, sha256}}) under `root`: present, size, sha256."""
     findings = []
-    for name, want in sorted(data["files"].items()):
-        path = weights / name
+    for name, want in sorted(files.items()):
+        path = root / name
         if not path.is_file():
-            findings.append(f"{path}: missing from the weights")
+            findings.append(f"{path}: {missing}")
         elif path.stat().st_size != want["bytes"]:
             findings.append(f"{path}: {path.stat().st_size:,} bytes, expected {want['bytes']:,}")
         elif (got := sha256_file(path).sha256) != want["sha256"]:
