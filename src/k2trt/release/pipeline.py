@@ -403,9 +403,26 @@ STAGES: tuple[
 )
 
 
+def stage_options(ctx: Context) -> dict[str, dict[str, Any]]:
+    """What each stage's record shows of the spec (its inputs' digests cover the same)."""
+    spec = ctx.spec
+    return {
+        "inspect": {"checkpoint": to_plain(spec.checkpoint), "deep": True},
+        "convert": to_plain(spec.convert),
+        "verify": {"single": True, "pair": True},
+        "build": {**spec.build.to_dict(), "serve_path": spec.checkpoint_path()},
+        "package": {**to_plain(spec.package), "placement": to_plain(placement(ctx))},
+        "gates": to_plain(spec.gates),
+    }
+
+
 def stages(ctx: Context) -> list[Stage]:
     """The stage list bound to one release build."""
-    return [Stage(name, partial(inputs, ctx), partial(run, ctx)) for name, inputs, run in STAGES]
+    options = stage_options(ctx)
+    return [
+        Stage(name, partial(inputs, ctx), partial(run, ctx), options[name])
+        for name, inputs, run in STAGES
+    ]
 
 
 def build_release(

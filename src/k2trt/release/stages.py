@@ -6,7 +6,7 @@ whose record has the same digests and whose outputs still match their pins (size
 re-read when the mtime moved) is finished and is skipped. The first stage whose inputs
 changed runs again, and every later one then sees changed inputs too.
 
-    WORK/stages/NAME.json   {"stage", "inputs", "outputs", "result", "log", "seconds"}
+    WORK/stages/NAME.json   {"stage", "options", "inputs", "outputs", "result", "log", "seconds"}
 
 `result` is deterministic (it goes into the release); `log` and `seconds` are for people.
 A record is written only after the stage's outputs are complete, and removed before a
@@ -53,6 +53,7 @@ class Outcome:
 @dataclass
 class Record:
     stage: str
+    options: dict[str, Any]  # the spec's settings this stage ran with (for people)
     inputs: dict[str, str]
     outputs: dict[str, dict[str, Any]]
     result: dict[str, Any]
@@ -68,11 +69,12 @@ class Record:
 
 @dataclass(frozen=True)
 class Stage:
-    """One step: `inputs()` -> {name: sha256}; `run()` -> Outcome."""
+    """One step: `inputs()` -> {name: sha256}; `run()` -> Outcome; `options` for the record."""
 
     name: str
     inputs: Callable[[], dict[str, str]]
     run: Callable[[], Outcome]
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 def record_path(work: Path, name: str) -> Path:
@@ -138,6 +140,7 @@ def _run_one(work: Path, stage: Stage, inputs: dict[str, str]) -> Record:
     outcome = stage.run()
     record = Record(
         stage=stage.name,
+        options=stage.options,
         inputs=inputs,
         outputs=pin_files(work, sorted(outcome.outputs), outcome.known),
         result=outcome.result,
