@@ -146,6 +146,10 @@ def test_demo_runs_each_stage(capsys: pytest.CaptureFixture[str], tmp_path: Path
         "`max_batch_size`: 8 -> 16"
     )
     assert lines[9].startswith("[serve] OpenAI API at http://127.0.0.1:")
+    from k2trt.triton_repo.cpu_server import available
+
+    if available() is None:  # the gateway in front of the packaged repository
+        assert " client) over Triton gRPC -> chat: streamed chat, then " in lines[9]
     assert lines[9].endswith(
         'get_weather({"city": "Paris"}) -> tool result -> \'It is sunny in Paris, 22 °C.\' '
         "(finish stop, tool_calls, stop)"

@@ -258,6 +258,7 @@ def test_demo_round_trip(tiny_ckpt: Path, monkeypatch: pytest.MonkeyPatch, clien
     monkeypatch.setenv(SCRIPT_ENV, "left alone")
     summary = roundtrip(tiny_ckpt)
     assert summary.pop("url").startswith("http://127.0.0.1:")
+    assert summary.pop("backend") == "local"
     assert summary == {
         "model": "tiny",
         "client": client,

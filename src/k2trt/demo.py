@@ -174,14 +174,19 @@ def _release_stage(root: Path, ckpt: Path) -> Stage:
 
 
 def _serve_stage(root: Path) -> Stage:
-    """`k2trt serve` over the CPU reference backend: a chat and a scripted tool round trip."""
+    """`k2trt serve` in front of the packaged repository on the CPU tritonserver (gateway ->
+    Triton gRPC -> chat) where that server runs, else over the CPU reference backend: a chat
+    and a scripted tool round trip."""
     from k2trt.serve.demo import roundtrip
+    from k2trt.triton_repo.cpu_server import available
 
-    r = roundtrip(root / "kimi-k2-tiny-trtllm", "kimi-k2-tiny")
+    package = root / "kimi-k2-tiny-triton" if available() is None else None
+    r = roundtrip(root / "kimi-k2-tiny-trtllm", "kimi-k2-tiny", package)
     call = r["tool_call"]
+    via = "Triton gRPC -> chat" if package else f"the CPU reference backend ({available()})"
     return Stage(
         "serve",
-        f"OpenAI API at {r['url']} ({r['client']} client): streamed chat, then "
+        f"OpenAI API at {r['url']} ({r['client']} client) over {via}: streamed chat, then "
         f"{call['name']}({call['arguments']}) -> tool result -> {r['answer']!r} "
         f"(finish {', '.join(r['finish_reasons'])})",
         r,

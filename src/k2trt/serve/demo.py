@@ -1,9 +1,9 @@
 """The gateway in `k2trt demo`: a chat and a tool round trip through the served API.
 
-`roundtrip(ckpt)` serves `ckpt` on a free local port over the CPU reference backend (its
-replies scripted with $K2TRT_SCRIPT: a tiny random model never calls a tool by itself, and
-the script still runs through the real tokenizer, stop ids and tool-call parser), then, as
-a client (the `openai` SDK when installed, else the standard library): streams a chat;
+`roundtrip(ckpt)` serves `ckpt` on a free local port over the CPU reference backend, or over
+a packaged Triton repository on the CPU tritonserver (replies scripted with $K2TRT_SCRIPT: a
+tiny random model never calls a tool by itself, and the script still runs through the real
+tokenizer, stop ids and tool-call parser), then, as a client (the `openai` SDK when installed, else the standard library): streams a chat;
 sends a question with a tool, gets the call, answers it with a tool result and gets the
 model's reply.
 """
@@ -59,19 +59,48 @@ def _env(name: str, value: str) -> Iterator[None]:
             os.environ[name] = old
 
 
-def roundtrip(ckpt: Path, model_id: str | None = None) -> dict[str, Any]:
+def roundtrip(
+    ckpt: Path, model_id: str | None = None, triton_package: Path | None = None
+) -> dict[str, Any]:
     """Serve `ckpt` and run a streamed chat and a tool round trip against it; a summary.
+
+    With `triton_package` (a `k2trt package` output for `ckpt`'s bundle) the gateway talks
+    to the package's `chat` model on the CPU tritonserver (its `tensorrt_llm` swapped for the
+    CPU stand-in on `ckpt`) over gRPC, as `k2trt serve --triton-url` does; else it runs the
+    CPU reference backend in-process.
 
     >>> roundtrip(Path("tiny"))["answer"]  # doctest: +SKIP
     'It is sunny in Paris, 22 °C.'
     """
-    from k2trt.runtime.local import LocalBackend
-
     with tempfile.TemporaryDirectory(prefix="k2trt-serve-demo-") as tmp:
         script = Path(tmp) / "script.json"
         script.write_text(json.dumps({"replies": REPLIES}), encoding="utf-8")
-        with _env(SCRIPT_ENV, str(script)):
-            backend = LocalBackend.load(ckpt, model_id)
+        if triton_package is None:
+            from k2trt.runtime.local import LocalBackend
+
+            with _env(SCRIPT_ENV, str(script)):
+                backend = LocalBackend.load(ckpt, model_id)
+            return {**_talk(backend), "backend": "local"}
+        with _triton(triton_package, ckpt, script) as grpc_url:
+            from k2trt.serve.triton_backend import TritonBackend
+
+            remote = TritonBackend(grpc_url, model_id=model_id or ckpt.name)
+            return {**_talk(remote), "backend": f"triton {grpc_url}"}
+
+
+@contextlib.contextmanager
+def _triton(package_dir: Path, ckpt: Path, script: Path) -> Iterator[str]:
+    """The package on the CPU tritonserver with the stand-in engine; its gRPC address."""
+    from k2trt.triton_repo.cpu_server import CpuTritonServer
+    from k2trt.triton_repo.repository import use_cpu_standin
+
+    repo = use_cpu_standin(package_dir, ckpt)
+    with CpuTritonServer(repo, env={SCRIPT_ENV: str(script)}) as server:
+        yield server.grpc_url
+
+
+def _talk(backend: Any) -> dict[str, Any]:
+    """The gateway over `backend` on a free port; a chat, then a tool round trip."""
     app = create_app(backend, ServeConfig(api_keys=(API_KEY,)))
     with ServerThread(app) as server:
         client = _Client(server.url, app.model)
