@@ -3,9 +3,9 @@
 `roundtrip(ckpt)` serves `ckpt` on a free local port over the CPU reference backend, or over
 a packaged Triton repository on the CPU tritonserver (replies scripted with $K2TRT_SCRIPT: a
 tiny random model never calls a tool by itself, and the script still runs through the real
-tokenizer, stop ids and tool-call parser), then, as a client (the `openai` SDK when installed, else the standard library): streams a chat;
-sends a question with a tool, gets the call, answers it with a tool result and gets the
-model's reply.
+tokenizer, stop ids and tool-call parser), then, as a client (the `openai` SDK when
+installed, else the standard library): streams a chat; sends a question with a tool, gets
+the call, answers it with a tool result and gets the model's reply.
 """
 
 from __future__ import annotations
