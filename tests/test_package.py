@@ -74,7 +74,7 @@ def test_layout(out: Path) -> None:
     models = {
         f"{REPOSITORY_DIR}/{m}/{f}"
         for m in spec.MODELS
-        for f in ("config.pbtxt", f"{spec.VERSION}/model.py")
+        for f in ("config.pbtxt", f"{spec.VERSION}/model.py", f"{spec.VERSION}/__pycache__")
     }
     model_files = {
         f"{REPOSITORY_DIR}/{m}/{spec.MODEL_FILES_DIR}/{f}"

@@ -146,9 +146,14 @@ class FakePb:
 
         class InferenceRequest:
             def __init__(
-                self, model_name: str, inputs: list[FakeTensor], requested_output_names: list[str]
+                self,
+                model_name: str,
+                inputs: list[FakeTensor],
+                requested_output_names: list[str],
+                model_version: int = -1,
             ) -> None:
                 self.model = model_name
+                self.version = model_version
                 self.request = FakeRequest({t.name(): t.as_numpy() for t in inputs})
 
             def exec(self, decoupled: bool = False) -> Any:

@@ -9,7 +9,19 @@ import traceback
 import typer
 
 from k2trt import __version__
-from k2trt.cli import build, chat, convert, demo, inspect, package, plan, release, serve, synth
+from k2trt.cli import (
+    build,
+    chat,
+    convert,
+    demo,
+    inspect,
+    package,
+    plan,
+    release,
+    serve,
+    synth,
+    triton,
+)
 from k2trt.errors import K2Error
 from k2trt.output import OUTPUT
 
@@ -61,6 +73,7 @@ app.command("serve")(serve.command)
 app.command("demo")(demo.command)
 app.add_typer(chat.app, name="chat")
 app.add_typer(release.app, name="release")
+app.add_typer(triton.app, name="triton")
 
 
 def _hoist_global_flags(argv: list[str]) -> list[str]:

@@ -512,7 +512,12 @@ def verify_signature_step(t: Target) -> Step:
 def publish_steps(t: Target) -> list[Step]:
     """Push, promote, deploy: manual runs that ask for them; credentials from secrets."""
     spec, rel = t.spec, t.release_dir
-    registry = {"K2TRT_REGISTRY_TOKEN": "${{ secrets.K2TRT_REGISTRY_TOKEN }}"}
+    # `release push/promote` log in with these (a token alone is sent as a bearer token);
+    # for an s3:// destination, AWS credentials go in the same place
+    registry = {
+        "K2TRT_REGISTRY_USERNAME": "${{ secrets.K2TRT_REGISTRY_USERNAME }}",
+        "K2TRT_REGISTRY_TOKEN": "${{ secrets.K2TRT_REGISTRY_TOKEN }}",
+    }
     deploy: list[Arg] = [
         "k2trt", "release", "deploy", rel,
         "--triton", Var("K2TRT_TRITON_URL"),

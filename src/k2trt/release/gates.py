@@ -17,7 +17,6 @@ Every gate result is plain, deterministic data: {gate, status, figures, failures
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import shutil
@@ -30,9 +29,6 @@ from typing import TYPE_CHECKING, Any
 from k2trt.errors import K2Error
 from k2trt.fsutil import write_json_atomic, write_text_atomic
 from k2trt.release.spec import SmokeGate, resolve
-from k2trt.runtime.types import ChatBackend, ChatRequest
-from k2trt.serve.answer import Answer
-from k2trt.serve.demo import TOOLS, WEATHER  # the demo's get_weather tool and its result
 
 if TYPE_CHECKING:
     from k2trt.release.pipeline import Context
@@ -40,16 +36,12 @@ if TYPE_CHECKING:
 CPU_STANDIN = "cpu-standin"
 TRTLLM = "trtllm"
 CONTAINER_TRITONSERVER = Path("/opt/tritonserver/bin/tritonserver")
-FORCED = {"type": "function", "function": {"name": "get_weather"}}
-QUESTION = [{"role": "user", "content": "What is the weather in Paris? Use the tool."}]
 # The CPU stand-in's scripted turns. The forced tool_choice already opens the call in the
 # prompt, so the first reply holds only the arguments and the closing markers.
 SCRIPT = [
     '{"city": "Paris"}<|tool_call_end|><|tool_calls_section_end|>',
     "It is sunny in Paris, 22 °C.",
 ]
-MAX_TOKENS = 64
-CHAT_TOKENS = 8
 
 
 @dataclass(frozen=True)
@@ -92,7 +84,7 @@ def run_gates(ctx: Context) -> dict[str, dict[str, Any]]:
     if gates.smoke.enabled or gates.eval is not None or (gates.perf and engine == TRTLLM):
         with served(ctx, engine) as endpoint:
             if gates.smoke.enabled:
-                results["smoke"] = smoke_gate(endpoint)
+                results["smoke"] = smoke_gate(endpoint, gates.smoke.timeout_s)
             if gates.eval is not None:
                 from k2trt.release import evalgate
 
@@ -220,84 +212,8 @@ def _gateway(grpc_url: str, model: str, tokenizer: Path) -> Iterator[Endpoint]:
 # ---- the smoke gate ----
 
 
-def smoke_gate(endpoint: Endpoint) -> dict[str, Any]:
-    """A tool round trip and a plain chat turn through the `chat` model."""
-    from k2trt.serve.triton_backend import TritonBackend
+def smoke_gate(endpoint: Endpoint, timeout_s: float) -> dict[str, Any]:
+    """A tool round trip and a plain chat turn through the `chat` model (release.smoke)."""
+    from k2trt.release.smoke import smoke
 
-    backend = TritonBackend(endpoint.grpc_url, model_id=endpoint.model)
-    return asyncio.run(_smoke(backend))
-
-
-async def _turn(backend: ChatBackend, request: ChatRequest) -> Answer:
-    answer = Answer()
-    stream = backend.stream(request)
-    async for chunk in stream:
-        answer.add(chunk)
-    return answer
-
-
-async def _smoke(backend: ChatBackend) -> dict[str, Any]:
-    try:
-        first = await _turn(
-            backend, ChatRequest(QUESTION, TOOLS, FORCED, max_tokens=MAX_TOKENS, temperature=0.0)
-        )
-        calls = first.tool_calls()
-        failures = _call_failures(first, calls)
-        answer = Answer()
-        if not failures:
-            history = [*QUESTION, _assistant(first, calls), _tool_result(calls[0])]
-            answer = await _turn(
-                backend, ChatRequest(history, TOOLS, max_tokens=MAX_TOKENS, temperature=0.0)
-            )
-            if answer.finish_reason not in ("stop", "length") or not answer.content.strip():
-                failures.append(
-                    f"answer after the tool result: finish {answer.finish_reason}, "
-                    f"content {answer.content!r}"
-                )
-        hello = [{"role": "user", "content": "Hello!"}]
-        chat = await _turn(backend, ChatRequest(hello, max_tokens=CHAT_TOKENS, temperature=0.0))
-        if chat.completion_tokens < 1 or chat.finish_reason not in ("stop", "length"):
-            failures.append(
-                f"chat turn: {chat.completion_tokens} tokens, finish {chat.finish_reason}"
-            )
-    finally:
-        await backend.close()
-    figures = {
-        "tool_call": calls[0]["function"] if calls else None,
-        "tool_finish_reason": first.finish_reason,
-        "answer": answer.content,
-        "answer_finish_reason": answer.finish_reason,
-        "chat_completion_tokens": chat.completion_tokens,
-        "chat_finish_reason": chat.finish_reason,
-        "prompt_tokens": first.prompt_tokens,
-    }
-    status = "fail" if failures else "pass"
-    return {"gate": "smoke", "status": status, "figures": figures, "failures": failures}
-
-
-def _call_failures(first: Answer, calls: list[dict[str, Any]]) -> list[str]:
-    if first.finish_reason != "tool_calls" or len(calls) != 1:
-        return [
-            f"tool call: finish {first.finish_reason}, {len(calls)} call(s), expected one "
-            f"get_weather call"
-        ]
-    fn = calls[0]["function"]
-    try:
-        args = json.loads(fn["arguments"])
-    except json.JSONDecodeError:
-        return [f"tool call: arguments are not JSON: {fn['arguments']!r}"]
-    if (
-        fn["name"] != "get_weather"
-        or not isinstance(args, dict)
-        or not isinstance(args.get("city"), str)
-    ):
-        return [f"tool call: {fn['name']}({fn['arguments']}) does not match get_weather(city)"]
-    return []
-
-
-def _assistant(first: Answer, calls: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"role": "assistant", "content": first.content, "tool_calls": calls}
-
-
-def _tool_result(call: dict[str, Any]) -> dict[str, Any]:
-    return {"role": "tool", "tool_call_id": call["id"], "content": json.dumps(WEATHER)}
+    return smoke(endpoint.grpc_url, "chat", timeout_s)

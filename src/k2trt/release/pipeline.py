@@ -315,14 +315,37 @@ def build_run(ctx: Context) -> Outcome:
 
 def placement(ctx: Context) -> Any:
     """Where the serving nodes find the weights, the repository and the engine options."""
+    return placement_of(ctx.spec)
+
+
+def placement_of(spec: ReleaseSpec) -> Any:
+    """A release's placement from its spec alone (release.bluegreen reads it back)."""
     from k2trt.triton_repo.repository import REPOSITORY_DIR, Placement
 
-    install = ctx.spec.install_dir()
+    install = spec.install_dir()
     return Placement(
-        checkpoint=ctx.spec.checkpoint_path(),
+        checkpoint=spec.checkpoint_path(),
         repository=f"{install}/{TRITON}/{REPOSITORY_DIR}",
         bundle=f"{install}/engine",
-        image=f"k2trt-{ctx.spec.name}:{ctx.spec.version}",
+        image=f"k2trt-{spec.name}:{spec.version}",
+    )
+
+
+def release_tag(ctx: Context) -> Any:
+    """What the packaged configs record of this release: name, version and engine part (the
+    same figures release.json's `engine` holds), so a running Triton can tell them."""
+    from k2trt.release.assemble import engine_files, engine_id
+    from k2trt.triton_repo.spec import ReleaseTag
+
+    manifest = read_json(ctx.prepared / MANIFEST_NAME, "prepared checkpoint manifest")
+    files = {name: f["sha256"] for name, f in manifest["files"].items()}
+    options = ctx.records["build"].result["options_sha256"]
+    return ReleaseTag(
+        name=ctx.spec.name,
+        version=ctx.spec.version,
+        engine_id=engine_id(files, options),
+        weights_sha256=digest(engine_files(files)),
+        options_sha256=options,
     )
 
 
@@ -330,6 +353,8 @@ def package_inputs(ctx: Context) -> dict[str, str]:
     return {
         "bundle": _digest_of(ctx, "build"),
         "package spec": digest(to_plain(ctx.spec.package)),
+        # the release tag (release_tag) needs no input of its own: its name and version are
+        # the placement's, its engine figures the bundle's (options, checkpoint hashes)
         "placement": digest(to_plain(placement(ctx))),
     }
 
@@ -345,6 +370,7 @@ def package_run(ctx: Context) -> Outcome:
         force=True,
         container=ctx.spec.package.container,
         placement=placement(ctx),
+        release=release_tag(ctx),
     )
     result = {
         "models": pkg.record["models"],

@@ -139,7 +139,8 @@ def install_server(dest: Path) -> Path:
 class CpuTritonServer:
     """tritonserver 2.51 (CPU) on free local ports, serving `repo`; a context manager.
 
-    `env` adds variables to the server's environment (e.g. K2TRT_SCRIPT). The log is kept in
+    `env` adds variables to the server's environment (e.g. K2TRT_SCRIPT); `ports` fixes the
+    HTTP and gRPC ports (0: a free one each). The log is kept in
     `log_path`; a server that exits or is not ready within `timeout` raises K2Error with the
     log's tail. Exiting the context kills the server's process group."""
 
@@ -150,6 +151,7 @@ class CpuTritonServer:
         timeout: float = READY_TIMEOUT_S,
         extra_args: tuple[str, ...] = (),
         binary: Path | None = None,
+        ports: tuple[int, int] = (0, 0),
     ) -> None:
         self.repo = Path(repo)
         # A tritonserver installed beside its backends/ and caches/ (NVIDIA's containers:
@@ -158,6 +160,7 @@ class CpuTritonServer:
         self.env = dict(env or {})
         self.timeout = timeout
         self.extra_args = extra_args
+        self.ports = ports  # (HTTP, gRPC); 0: a free port picked at start
         self.http_port = 0
         self.grpc_port = 0
         self._dir: tempfile.TemporaryDirectory[str] | None = None
@@ -197,7 +200,7 @@ class CpuTritonServer:
         work = Path(self._dir.name)
         binary = self.binary or install_server(work / "server")
         site = _site_packages()
-        self.http_port, self.grpc_port = free_port(), free_port()
+        self.http_port, self.grpc_port = (port or free_port() for port in self.ports)
         env = dict(os.environ)
         if self.binary is None and site is not None:
             env["LD_LIBRARY_PATH"] = os.pathsep.join(
@@ -243,6 +246,10 @@ class CpuTritonServer:
         raise K2Error(
             f"tritonserver was not ready within {self.timeout:.0f} s; log tail:\n{self.log_tail()}"
         )
+
+    def exited(self) -> int | None:
+        """The server's exit code once it has exited by itself, else None."""
+        return None if self._proc is None else self._proc.poll()
 
     def log_text(self) -> str:
         """The whole server log so far."""

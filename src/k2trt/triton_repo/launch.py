@@ -22,7 +22,7 @@ the top of the script from the environment with the packaged values as defaults.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import yaml
@@ -256,14 +256,19 @@ def dockerfile(d: Deployment) -> str:
     return "\n".join(head + [f"{op} {arg}" for op, arg in steps]) + "\n"
 
 
-def lws_manifest(d: Deployment) -> list[dict[str, object]]:
+def lws_manifest(
+    d: Deployment, name: str = LWS_NAME, labels: Mapping[str, str] | None = None
+) -> list[dict[str, object]]:
     """A LeaderWorkerSet (one pod per node) and a Service for the leader's ports.
 
     The leader runs the same mpirun as serve-mpirun.sh over ssh to its workers (sshd on
     port SSH_PORT, keys from the Secret SSH_SECRET); pod DNS names come from LWS's
-    headless service: leader `$(LWS_LEADER_ADDRESS)`, worker i `NAME-GROUP-i.NAME`."""
+    headless service: leader `$(LWS_LEADER_ADDRESS)`, worker i `NAME-GROUP-i.NAME`.
+    `name` and `labels` (on the set, its pods and the Service) let two deployments run side
+    by side (release.bluegreen)."""
+    extra = dict(labels or {})
     group = "$(LWS_GROUP_INDEX)"
-    workers = [f"{LWS_NAME}-{group}-{i}.{LWS_NAME}:{d.gpus_on_node}" for i in range(1, d.nodes)]
+    workers = [f"{name}-{group}-{i}.{name}:{d.gpus_on_node}" for i in range(1, d.nodes)]
     hosts = ",".join([f"$(LWS_LEADER_ADDRESS):{d.gpus_on_node}", *workers])
     ssh = f"-p {SSH_PORT} -i /etc/k2trt-ssh/id_ed25519 -o StrictHostKeyChecking=no"
     leader_cmd = mpirun_argv(d, hosts, ["--mca", "plm_rsh_args", ssh])
@@ -278,24 +283,27 @@ def lws_manifest(d: Deployment) -> list[dict[str, object]]:
     lws: dict[str, object] = {
         "apiVersion": "leaderworkerset.x-k8s.io/v1",
         "kind": "LeaderWorkerSet",
-        "metadata": {"name": LWS_NAME, "labels": {"app": LWS_NAME}},
+        "metadata": {"name": name, "labels": {"app": name, **extra}},
         "spec": {
             "replicas": 1,
             "leaderWorkerTemplate": {
                 # Default restart policy: a leader whose mpirun found a worker's sshd not up
                 # yet restarts alone and tries again.
                 "size": d.nodes,
-                "leaderTemplate": _pod(d, "leader", [str(a) for a in leader_cmd], serve=True),
-                "workerTemplate": _pod(d, "worker", sshd, serve=False),
+                "leaderTemplate": _pod(d, "leader", [str(a) for a in leader_cmd], True, extra),
+                "workerTemplate": _pod(d, "worker", sshd, False, extra),
             },
         },
     }
+    metadata: dict[str, object] = {"name": f"{name}-triton"}
+    if extra:
+        metadata["labels"] = extra
     service: dict[str, object] = {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": f"{LWS_NAME}-triton"},
+        "metadata": metadata,
         "spec": {
-            "selector": {"leaderworkerset.sigs.k8s.io/name": LWS_NAME, "role": "leader"},
+            "selector": {"leaderworkerset.sigs.k8s.io/name": name, "role": "leader"},
             "ports": [
                 {"name": n, "port": p, "targetPort": p}
                 for n, p in (("http", HTTP_PORT), ("grpc", GRPC_PORT), ("metrics", METRICS_PORT))
@@ -305,7 +313,13 @@ def lws_manifest(d: Deployment) -> list[dict[str, object]]:
     return [lws, service]
 
 
-def _pod(d: Deployment, role: str, command: list[str], serve: bool) -> dict[str, object]:
+def _pod(
+    d: Deployment,
+    role: str,
+    command: list[str],
+    serve: bool,
+    labels: Mapping[str, str] | None = None,
+) -> dict[str, object]:
     container: dict[str, object] = {
         "name": role,
         "image": d.image,
@@ -336,7 +350,7 @@ def _pod(d: Deployment, role: str, command: list[str], serve: bool) -> dict[str,
             "failureThreshold": 360,  # a 1 TB checkpoint takes long to load
         }
     return {
-        "metadata": {"labels": {"role": role}},
+        "metadata": {"labels": {"role": role, **(labels or {})}},
         "spec": {
             "containers": [container],
             "volumes": [

@@ -2,7 +2,8 @@
 
     OUT/
       model_repository/            tritonserver --model-repository=OUT/model_repository
-        chat/                      config.pbtxt, 1/model.py (the same file in every model)
+        chat/                      config.pbtxt, 1/model.py (the same file in every model),
+                                   1/__pycache__ (an empty file: spec.BYTECODE_BLOCKER)
         preprocessing/             config.pbtxt, 1/model.py, k2trt-model-files/
         tensorrt_llm/              config.pbtxt, 1/model.py, 1/model.yaml, k2trt-model-files/
         postprocessing/            config.pbtxt, 1/model.py, k2trt-model-files/
@@ -20,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -141,14 +142,20 @@ def write_model_files(ckpt: Path, repo: Path) -> dict[str, str]:
     return {n: hashlib.sha256((first / n).read_bytes()).hexdigest() for n in sorted(sources)}
 
 
-def write_models(repo: Path, model_id: str) -> None:
+def write_version(version: Path, source: str) -> None:
+    """A version directory's files: model.py, and the empty file that keeps Python from
+    writing a bytecode cache there (see spec.BYTECODE_BLOCKER)."""
+    version.mkdir(parents=True, exist_ok=True)
+    (version / "model.py").write_text(source, encoding="utf-8")
+    (version / spec.BYTECODE_BLOCKER).write_bytes(b"")
+
+
+def write_models(repo: Path, model_id: str, release: spec.ReleaseTag | None = None) -> None:
     """config.pbtxt and 1/model.py for every model."""
     source = model_source()
-    for name, config in spec.all_configs(model_id).items():
-        version = repo / name / spec.VERSION
-        version.mkdir(parents=True, exist_ok=True)
+    for name, config in spec.all_configs(model_id, release).items():
+        write_version(repo / name / spec.VERSION, source)
         (repo / name / "config.pbtxt").write_text(config.text() + "\n", encoding="utf-8")
-        (version / "model.py").write_text(source, encoding="utf-8")
 
 
 def write_launch(dest: Path, deployment: launch.Deployment) -> None:
@@ -182,8 +189,11 @@ def package(
     force: bool = False,
     container: str = launch.CONTAINER,
     placement: Placement | None = None,
+    release: spec.ReleaseTag | None = None,
 ) -> Package:
-    """Write the repository for `bundle` at `out` (see the module docstring).
+    """Write the repository for `bundle` at `out` (see the module docstring); `release`
+    (when a release is being built) tags every config with its engine part and `chat`'s
+    version 1 with its name and version.
 
     >>> package(Bundle.load(Path("bundle")), Path("triton"))  # doctest: +SKIP
     """
@@ -192,12 +202,14 @@ def package(
     deployment = deployment_for(bundle, placement, container)
     with atomic_dir(out, force=force) as tmp:
         repo = tmp / REPOSITORY_DIR
-        write_models(repo, bundle.model_id)
+        write_models(repo, bundle.model_id, release)
         options = yaml.safe_dump(model_yaml(bundle, placement.checkpoint), sort_keys=True)
         (repo / spec.LLM_MODEL / spec.VERSION / "model.yaml").write_text(options, encoding="utf-8")
         files = write_model_files(bundle.checkpoint, repo)
         write_launch(tmp / LAUNCH_DIR, deployment)
         record = _record(bundle, placement, deployment, files)
+        if release is not None:
+            record["release"] = asdict(release)
         (tmp / RECORD_NAME).write_text(dump_json(record), encoding="utf-8")
     return Package(out, record)
 
@@ -240,6 +252,8 @@ def use_cpu_standin(out: Path, ckpt: Path) -> Path:
     """
     record = load_record(out)
     config = spec.llm_config(record["model_id"], spec.ENGINE_REFERENCE, str(Path(ckpt).resolve()))
+    tag = record.get("release")
+    config = spec.tagged(config, spec.ReleaseTag(**tag) if isinstance(tag, dict) else None)
     repo = out / REPOSITORY_DIR
     write_text_atomic(repo / spec.LLM_MODEL / "config.pbtxt", config.text() + "\n")
     record["llm_engine"] = spec.ENGINE_REFERENCE

@@ -9,6 +9,8 @@ deltas either way.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 from k2trt.runtime.wire import CHAT_INPUTS, CHAT_MODEL, CHAT_OUTPUTS, WireField
 from k2trt.triton_repo.pbtxt import InstanceGroup, ModelConfig, Tensor
 
@@ -28,6 +30,13 @@ MODEL_FILES = (
     "config.json",
 )
 VERSION = "1"
+# An empty file where Python would put a version directory's bytecode cache: the Python
+# backend imports model.py, and a __pycache__/ written there at the first load makes Triton
+# take the version for modified, so the next load of the model (even one that changes only
+# its version_policy) reloads it in a new process; postprocessing would lose the states of
+# the requests in flight. Python skips the cache quietly when it cannot write it.
+BYTECODE_BLOCKER = "__pycache__"
+RELEASE_RECORD = "k2trt-release.json"  # in a version directory: the release it holds
 
 # config.pbtxt `parameters` read by the serving models (k2trt.triton_repo.serving).
 P_ROLE = "k2trt_model"  # which serving class runs (serving.roles.ROLES): one of MODELS
@@ -37,6 +46,13 @@ P_ENGINE = "engine"  # tensorrt_llm: "tensorrt_llm" (model.yaml) or "reference" 
 P_CHECKPOINT = "reference_checkpoint"  # the stand-in's checkpoint
 P_STATE_TTL = "state_ttl_seconds"  # postprocessing: idle request states expire after this
 P_PRE, P_LLM, P_POST = "preprocessing_model", "llm_model", "postprocessing_model"
+# The engine part of the release a repository was packaged from, in every model (a release
+# rolls onto a running Triton in place only when it is equal), and which release each `chat`
+# version serves: key P_RELEASE + version number, value "NAME VERSION [ID]".
+P_ENGINE_ID = "k2trt_engine_id"
+P_ENGINE_WEIGHTS = "k2trt_engine_weights"
+P_ENGINE_OPTIONS = "k2trt_engine_options"
+P_RELEASE = "k2trt_release."
 ENGINE_TRTLLM = "tensorrt_llm"
 ENGINE_REFERENCE = "reference"
 STATE_TTL_S = 600
@@ -109,6 +125,32 @@ POST_OUTPUTS: tuple[Tensor, ...] = (
     *(Tensor(f.name, f.triton_type, (-1,)) for f in CHAT_OUTPUTS),
     Tensor("done", "TYPE_BOOL", (1,)),  # a stop id or stop string ended the turn
 )
+
+
+@dataclass(frozen=True)
+class ReleaseTag:
+    """The release a repository is packaged from, as its configs record it.
+
+    >>> tag = ReleaseTag("kimi-k2", "1.0.0", "e1", "w1", "o1")
+    >>> tag.label(), sorted(tag.engine_params())[0]
+    ('kimi-k2 1.0.0', 'k2trt_engine_id')
+    """
+
+    name: str
+    version: str
+    engine_id: str
+    weights_sha256: str
+    options_sha256: str
+
+    def label(self) -> str:
+        return f"{self.name} {self.version}"
+
+    def engine_params(self) -> dict[str, str]:
+        return {
+            P_ENGINE_ID: self.engine_id,
+            P_ENGINE_WEIGHTS: self.weights_sha256,
+            P_ENGINE_OPTIONS: self.options_sha256,
+        }
 
 
 def _wire(fields: tuple[WireField, ...], inputs: bool) -> tuple[Tensor, ...]:
@@ -186,11 +228,22 @@ def llm_config(
     )
 
 
-def all_configs(model_id: str = "") -> dict[str, ModelConfig]:
-    """Every model's config, by model name."""
-    return {
+def tagged(config: ModelConfig, release: ReleaseTag | None) -> ModelConfig:
+    """`config` with the release's engine parameters (and, for chat, its version-1 label)."""
+    if release is None:
+        return config
+    extra = release.engine_params()
+    if config.name == CHAT_MODEL:
+        extra[P_RELEASE + VERSION] = release.label()
+    return replace(config, parameters={**config.parameters, **extra})
+
+
+def all_configs(model_id: str = "", release: ReleaseTag | None = None) -> dict[str, ModelConfig]:
+    """Every model's config, by model name (tagged with `release` when packaged from one)."""
+    configs = {
         CHAT_MODEL: chat_config(),
         PRE_MODEL: preprocessing_config(model_id),
         LLM_MODEL: llm_config(model_id),
         POST_MODEL: postprocessing_config(model_id),
     }
+    return {name: tagged(config, release) for name, config in configs.items()}

@@ -7,6 +7,12 @@ error response naming the field. Generation stops when the client cancels, or wh
 string or stop id ends the turn: `chat` cancels the `tensorrt_llm` request (the BLS
 iterator's cancel() where the server has it, 2.57+, and a `cancel` request naming its key,
 which works on any version).
+
+Versions move together: `chat` version N calls `preprocessing` and `postprocessing` version N
+(`tensorrt_llm` at whatever version it serves). A rollout (`k2trt release deploy`) loads a new
+N of both beside the old ones, then switches `chat`: a request in flight keeps its own pair to
+the end (postprocessing's state for it lives in the process of the version it started on),
+and no request pairs one release's template with another's tokenizer or parser.
 """
 
 from __future__ import annotations
@@ -90,6 +96,8 @@ class ChatModel(TritonModel):
         self.llm = self.param(P_LLM, LLM_MODEL)
         self.post = self.param(P_POST, POST_MODEL)
         self.input_names = [f.name for f in CHAT_INPUTS]
+        # this version's pre/post (see the module docstring); the LLM is not pinned
+        self.pinned = {self.pre: self.version, self.post: self.version}
 
     def execute(self, requests: list[Any]) -> None:
         """Triton's entry point: start each request's thread and return at once."""
@@ -116,6 +124,7 @@ class ChatModel(TritonModel):
             model_name=model,
             inputs=[self.pb.Tensor(name, value) for name, value in arrays.items()],
             requested_output_names=outputs,
+            model_version=self.pinned.get(model, -1),
         )
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from numpy.typing import NDArray
 
 from k2trt.runtime.chat import ModelFiles
-from k2trt.triton_repo.spec import P_MODEL_FILES, P_MODEL_ID
+from k2trt.triton_repo.spec import P_MODEL_FILES, P_MODEL_ID, RELEASE_RECORD
 
 
 def parameters(config: Mapping[str, Any]) -> dict[str, str]:
@@ -41,7 +41,9 @@ class TritonModel:
         self.config: dict[str, Any] = json.loads(args["model_config"])
         self.params = parameters(self.config)
         self.model_dir = Path(args["model_repository"])  # the model's directory
-        self.version_dir = self.model_dir / str(args.get("model_version", "1"))
+        self.version = int(args.get("model_version", "1"))
+        self.version_dir = self.model_dir / str(self.version)
+        check_release_record(self.version_dir)
         self.setup()
 
     def setup(self) -> None:
@@ -63,8 +65,12 @@ class TritonModel:
         return default
 
     def model_files(self) -> ModelFiles:
-        """Tokenizer, template and stop ids from this model's k2trt-model-files directory."""
-        path = self.model_dir / self.param(P_MODEL_FILES)
+        """Tokenizer, template and stop ids from this version's k2trt-model-files directory,
+        else the model's (one set for every version, as `k2trt package` writes it)."""
+        name = self.param(P_MODEL_FILES)
+        path = self.version_dir / name
+        if not path.is_dir():
+            path = self.model_dir / name
         return ModelFiles.load(path, self.params.get(P_MODEL_ID) or None)
 
     def log(self, message: str) -> None:
@@ -97,6 +103,27 @@ class TritonModel:
     def final(self) -> int:
         """The flag that ends a decoupled request's responses."""
         return int(self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+
+def check_release_record(version_dir: Path) -> None:
+    """Refuse to load a version whose release needs another tool-call parser than this
+    k2trt's: the serving code is the installed k2trt, not the release's.
+
+    A version directory written by `k2trt release deploy` holds the release's record
+    (spec.RELEASE_RECORD); one without it (as `k2trt package` writes) is not checked."""
+    from k2trt.chat.toolcalls import PARSER_VERSION
+
+    path = version_dir / RELEASE_RECORD
+    if not path.is_file():
+        return
+    record = json.loads(path.read_text(encoding="utf-8"))
+    wanted = record.get("serving", {}).get("parser")
+    if wanted != PARSER_VERSION:
+        raise ValueError(
+            f"{path}: release {record.get('name')} {record.get('version')} needs tool-call "
+            f"parser {wanted}, and this server's k2trt has {PARSER_VERSION} (serve it from an "
+            f"image with that k2trt: blue/green)"
+        )
 
 
 def _arrays(
