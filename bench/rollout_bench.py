@@ -20,14 +20,11 @@ Nothing is asserted; the test (tests/test_release_deploy.py) asserts zero failur
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import shutil
 import sys
 import tempfile
-import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -37,7 +34,7 @@ from k2trt.errors import CheckFailed
 from k2trt.release.deploy import DeployOptions, deploy
 from k2trt.release.pipeline import ReleaseOptions, build_release
 from k2trt.runtime.types import ChatRequest
-from k2trt.serve.answer import Answer
+from k2trt.serve.traffic import ChatTraffic
 from k2trt.serve.triton_backend import TritonBackend
 from k2trt.synth.checkpoint import write_checkpoint
 from k2trt.synth.presets import SynthOptions
@@ -53,14 +50,6 @@ CHANGES = {
 }
 TOKENS = 12  # per answer; at 10 ms a token a request takes ~0.15 s
 STEADY_S = 3.0
-
-
-@dataclass
-class Done:
-    start: float
-    end: float
-    prompt_tokens: int
-    error: str
 
 
 def build_releases(root: Path) -> dict[str, Path]:
@@ -93,40 +82,8 @@ def build_releases(root: Path) -> dict[str, Path]:
     return made
 
 
-class Traffic:
-    """`streams` chats through `chat` back to back, in one thread, until stopped."""
-
-    def __init__(self, grpc_url: str, streams: int) -> None:
-        self.url, self.streams = grpc_url, streams
-        self.done: list[Done] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
-
-    async def _main(self) -> None:
-        backend = TritonBackend(self.url)
-        try:
-            await asyncio.gather(*(self._loop(backend) for _ in range(self.streams)))
-        finally:
-            await backend.close()
-            await asyncio.sleep(0.2)  # grpc.aio's poller delivers its last events first
-
-    async def _loop(self, backend: TritonBackend) -> None:
-        while not self.stop.is_set():
-            start, answer, error = time.monotonic(), Answer(), ""
-            try:
-                async for chunk in backend.stream(ChatRequest(HELLO, max_tokens=TOKENS)):
-                    answer.add(chunk)
-            except Exception as exc:
-                error = f"{type(exc).__name__}: {exc}"
-            self.done.append(Done(start, time.monotonic(), answer.prompt_tokens, error))
-
-    def between(self, t0: float, t1: float) -> list[Done]:
-        """Requests that ran (at least partly) between t0 and t1."""
-        return [d for d in self.done if d.end >= t0 and d.start <= t1]
-
-
 def rollout(
-    name: str, release: Path, server: CpuTritonServer, repo: Path, traffic: Traffic
+    name: str, release: Path, server: CpuTritonServer, repo: Path, traffic: ChatTraffic
 ) -> tuple[float, float, str]:
     """(start, end, outcome) of one deploy."""
     options = DeployOptions(timeout_s=120, grpc_url=server.grpc_url)
@@ -142,7 +99,10 @@ def rollout(
 
 
 def report(
-    runs: list[tuple[str, float, float, str]], traffic: Traffic, tokens: dict[str, int], rate: float
+    runs: list[tuple[str, float, float, str]],
+    traffic: ChatTraffic,
+    tokens: dict[str, int],
+    rate: float,
 ) -> None:
     rows = []
     for name, t0, t1, outcome in runs:
@@ -201,22 +161,24 @@ def run(root: Path, rounds: int, streams: int) -> None:
     script.write_text(json.dumps({"replies": [ARGS] * 100_000, "delay_s": 0.01}))
     explicit = ("--model-control-mode=explicit", "--load-model=*")
     with CpuTritonServer(repo, env={"K2TRT_SCRIPT": str(script)}, extra_args=explicit) as server:
-        traffic = Traffic(server.grpc_url, streams)
-        traffic.thread.start()
+        request = ChatRequest(HELLO, max_tokens=TOKENS)
+        traffic = ChatTraffic(lambda: TritonBackend(server.grpc_url), streams, request)
+        traffic.start(flowing=1)
         time.sleep(STEADY_S / 3)  # warm
         t0 = time.monotonic()
         time.sleep(STEADY_S)
         rate = len(traffic.between(t0, time.monotonic())) / STEADY_S
         order = ["B", "A"] * rounds + ["X"]
         runs = [(name, *rollout(name, releases[name], server, repo, traffic)) for name in order]
-        traffic.stop.set()
-        traffic.thread.join(timeout=60)
+        traffic.finish(linger_s=0)
     tokens = {name: prompt_tokens(traffic, name, runs) for name in ("A", "B")}
     tokens["X"] = -1
     report(runs, traffic, tokens, rate)
 
 
-def prompt_tokens(traffic: Traffic, name: str, runs: list[tuple[str, float, float, str]]) -> int:
+def prompt_tokens(
+    traffic: ChatTraffic, name: str, runs: list[tuple[str, float, float, str]]
+) -> int:
     """The prompt size of `name`'s answers: A's before any rollout, B's after the first."""
     if name == "A":
         return traffic.done[0].prompt_tokens

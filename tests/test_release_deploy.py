@@ -12,14 +12,12 @@ LLM API options change (another engine).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -36,6 +34,7 @@ from k2trt.release import assemble
 from k2trt.release.deploy import engine_change, load_release
 from k2trt.runtime.chat import ModelFiles, prepare
 from k2trt.runtime.types import ChatRequest
+from k2trt.serve.traffic import ChatTraffic
 from k2trt.triton_repo import spec
 from k2trt.triton_repo import versions as vs
 from release_fixtures import build, make_project
@@ -263,56 +262,12 @@ def served(
     assert "Signal (" not in log, log[-4000:]  # no model process crashed
 
 
-class Traffic:
-    """Chats streamed through `chat` back to back (two at a time) until stopped or capped."""
+def traffic(grpc_url: str) -> ChatTraffic:
+    """Two chats at a time through `chat`, bounded, while a rollout runs."""
+    from k2trt.serve.triton_backend import TritonBackend
 
-    def __init__(self, grpc_url: str, streams: int = 2) -> None:
-        self.url = grpc_url
-        self.streams = streams
-        self.done: list[tuple[float, float, int, str]] = []  # start, end, prompt tokens, error
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
-
-    async def _main(self) -> None:
-        from k2trt.serve.triton_backend import TritonBackend
-
-        backend = TritonBackend(self.url)
-        try:
-            await asyncio.gather(*(self._loop(backend) for _ in range(self.streams)))
-        finally:
-            await backend.close()
-            await asyncio.sleep(0.2)  # grpc.aio's poller delivers its last events first
-
-    async def _loop(self, backend: Any) -> None:
-        from k2trt.serve.answer import Answer
-
-        while not self.stop.is_set() and len(self.done) < TRAFFIC_CAP:
-            start, answer, error = time.monotonic(), Answer(), ""
-            try:
-                async for chunk in backend.stream(ChatRequest(HELLO, max_tokens=4)):
-                    answer.add(chunk)
-                if answer.finish_reason not in ("stop", "length"):
-                    error = f"finish_reason {answer.finish_reason}"
-            except Exception as exc:
-                error = f"{type(exc).__name__}: {exc}"
-            self.done.append((start, time.monotonic(), answer.prompt_tokens, error))
-
-    def __enter__(self) -> Traffic:
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while len(self.done) < 10:  # flowing before the rollout starts
-            assert time.monotonic() < deadline and self.thread.is_alive(), self.done[-3:]
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        time.sleep(0.3)  # a few requests after the rollout too
-        self.stop.set()
-        self.thread.join(timeout=60)
-        assert not self.thread.is_alive()
-
-    def failures(self) -> list[str]:
-        return [error for *_, error in self.done if error]
+    request = ChatRequest(HELLO, max_tokens=4)
+    return ChatTraffic(lambda: TritonBackend(grpc_url), 2, request, cap=TRAFFIC_CAP)
 
 
 def _status(capsys: pytest.CaptureFixture[str], s: Served) -> dict[str, Any]:
@@ -357,7 +312,7 @@ def test_rollout_moves_traffic_with_no_failed_request(
 ) -> None:
     before, after = served.prompt_tokens["base"], served.prompt_tokens["template"]
     assert after > before  # the template change shows in every answer
-    with Traffic(served.server.grpc_url) as traffic:
+    with traffic(served.server.grpc_url) as load:
         began = time.monotonic()
         code, out, err = run(
             capsys, "--json", "release", "deploy", str(releases["template"]), *served.args()
@@ -369,12 +324,12 @@ def test_rollout_moves_traffic_with_no_failed_request(
     assert (result["version"], result["changed"]) == (2, True)
     assert result["release"] == {k: manifest[k] for k in ("name", "version", "id")}
     assert result["previous"]["version"] == 1
-    assert traffic.failures() == []
-    during = [d for d in traffic.done if began <= d[0] < ended]
+    assert load.failures() == []
+    during = [d for d in load.done if began <= d.start < ended]
     assert len(during) >= 5  # the client was streaming all along
-    assert {d[2] for d in traffic.done} == {before, after}  # nothing else was ever served
-    assert all(d[2] == before for d in traffic.done if d[1] < began)
-    assert all(d[2] == after for d in traffic.done if d[0] > ended)
+    assert {d.prompt_tokens for d in load.done} == {before, after}  # nothing else was served
+    assert all(d.prompt_tokens == before for d in load.done if d.end < began)
+    assert all(d.prompt_tokens == after for d in load.done if d.start > ended)
     status = _status(capsys, served)
     assert status["serving"][0]["version"] == 2
     assert status["serving"][0]["release"]["id"] == manifest["id"]
@@ -435,11 +390,11 @@ def _rolled_back(
 ) -> tuple[str, int]:
     """Deploy `release` (it must fail) under traffic: (the error line, the version it had)."""
     before, attempted = _serving_versions(served), _known_versions(served) + 1
-    with Traffic(served.server.grpc_url) as traffic:
+    with traffic(served.server.grpc_url) as load:
         code, _, err = run(capsys, "release", "deploy", str(release), *served.args())
     assert code == 1, err
-    assert traffic.failures() == []
-    assert {d[2] for d in traffic.done} == {served.prompt_tokens["template"]}
+    assert load.failures() == []
+    assert {d.prompt_tokens for d in load.done} == {served.prompt_tokens["template"]}
     assert _rows(_status(capsys, served))[(spec.CHAT_MODEL, serving)] == ("READY", "1.1.0")
     assert _serving_versions(served) == before
     for model in (spec.CHAT_MODEL, spec.PRE_MODEL, spec.POST_MODEL):
