@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from k2trt.errors import K2Error
-from k2trt.release import ci
+from k2trt.release import ci, workflow
 from k2trt.release.ci import CPU_WORKFLOW, RELEASE_WORKFLOW, CiOptions, workflows, write_workflows
 from k2trt.release.spec import ReleaseSpec
 
@@ -53,6 +53,7 @@ def steps(workflow: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def test_module_examples() -> None:
     assert doctest.testmod(ci).failed == 0
+    assert doctest.testmod(workflow).failed == 0
 
 
 def test_committed_workflows_are_the_generators_output() -> None:

@@ -19,6 +19,7 @@ key order (never templated text); shell steps are argv lists quoted with shlex:
 >>> files = workflows(spec, "ci/k2.yaml")
 >>> sorted(files)
 ['.github/workflows/k2trt-cpu.yml', '.github/workflows/k2trt-release.yml']
+>>> import yaml
 >>> yaml.safe_load(files[RELEASE_WORKFLOW])["jobs"]["release"]["runs-on"]
 ['self-hosted', 'linux', 'x64', 'gpu', 'h200']
 """
