@@ -71,3 +71,22 @@ def read_json(path: Path, what: str = "file") -> Any:
         raise K2Error(f"{what} is not valid JSON: {exc}", path=path) from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise K2Error(f"cannot read {what}: {exc}", path=path) from exc
+
+
+def files_under(root: Path) -> list[Path]:
+    """Every regular file under `root`, sorted by relative path; hidden names (and what is
+    under them: partial outputs, locks) left out."""
+    found = []
+    for path in root.rglob("*"):
+        rel = path.relative_to(root)
+        if path.is_file() and not any(part.startswith(".") for part in rel.parts):
+            found.append(path)
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link `src` at `dst`; copy where a link cannot be made (another filesystem)."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)

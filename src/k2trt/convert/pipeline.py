@@ -60,7 +60,7 @@ from k2trt.convert.weights import (
     transform,
 )
 from k2trt.errors import K2Error
-from k2trt.fsutil import read_json, write_json_atomic
+from k2trt.fsutil import files_under, read_json, write_json_atomic
 from k2trt.output import Ticker
 
 MODES = ("auto", "link", "copy", "reshard")
@@ -713,13 +713,7 @@ def provenance(run: _Run, sources: dict[str, FileHash], meta: MetadataResult) ->
 
 def output_files(root: Path) -> list[Path]:
     """Every regular file under `root` a manifest covers (subdirectories too; no dotfiles)."""
-    found = []
-    for path in root.rglob("*"):
-        rel = path.relative_to(root)
-        hidden = any(part.startswith(".") for part in rel.parts)
-        if path.is_file() and not hidden and rel.as_posix() != MANIFEST_NAME:
-            found.append(path)
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+    return [p for p in files_under(root) if p.relative_to(root).as_posix() != MANIFEST_NAME]
 
 
 def write_convert_manifest(

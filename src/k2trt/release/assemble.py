@@ -36,9 +36,16 @@ from k2trt import __version__
 from k2trt.chat.toolcalls import PARSER_VERSION
 from k2trt.checkpoint.manifest import MANIFEST_NAME, hash_files
 from k2trt.errors import K2Error
-from k2trt.fsutil import atomic_dir, read_json, write_json_atomic, write_text_atomic
+from k2trt.fsutil import (
+    atomic_dir,
+    files_under,
+    link_or_copy,
+    read_json,
+    write_json_atomic,
+    write_text_atomic,
+)
 from k2trt.release.containers import parse_image, trtllm_version_of
-from k2trt.release.stages import digest, tree
+from k2trt.release.stages import digest
 
 if TYPE_CHECKING:
     from k2trt.release.pipeline import Context
@@ -125,13 +132,10 @@ def _hidden(directory: str, names: list[str]) -> list[str]:
 
 
 def _link_tree(src: Path, dest: Path) -> None:
-    for path in tree(src):
+    for path in files_under(src):
         target = dest / path.relative_to(src)
         target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(path, target)
-        except OSError:
-            shutil.copyfile(path, target)
+        link_or_copy(path, target)
 
 
 def prepared_projection(manifest: dict[str, Any], ctx: Context) -> dict[str, Any]:
@@ -191,10 +195,8 @@ def manifest_body(ctx: Context, tmp: Path) -> dict[str, Any]:
             "kind": r["convert"]["kind"],
         },
         "engine": {
-            "id": engine_id(ckpt_files, options_sha),
-            "weights_sha256": digest(engine_files(ckpt_files)),
+            **engine_part(ckpt_files, options_sha),
             "options": OPTIONS,
-            "options_sha256": options_sha,
             "option_schema": build["options"]["schema"],
         },
         "serving": {
@@ -238,6 +240,15 @@ def engine_id(files: dict[str, str], options_sha256: str) -> str:
     return digest({"weights": digest(engine_files(files)), "options": options_sha256})
 
 
+def engine_part(files: dict[str, str], options_sha256: str) -> dict[str, str]:
+    """release.json's engine figures (the packaged configs record the same ones)."""
+    return {
+        "id": engine_id(files, options_sha256),
+        "weights_sha256": digest(engine_files(files)),
+        "options_sha256": options_sha256,
+    }
+
+
 def _source(ctx: Context, inspected: dict[str, Any]) -> dict[str, Any]:
     hf = ctx.spec.checkpoint.hf
     return {
@@ -265,7 +276,7 @@ def release_notes(ctx: Context, body: dict[str, Any], parts: Path) -> str:
 
 def finish_manifest(body: dict[str, Any], tmp: Path) -> dict[str, Any]:
     """The body plus every file's size and sha256, the id over all of it, and the time."""
-    paths = [p for p in tree(tmp) if p.relative_to(tmp).as_posix() not in UNHASHED]
+    paths = [p for p in files_under(tmp) if p.relative_to(tmp).as_posix() not in UNHASHED]
     files = {
         p.relative_to(tmp).as_posix(): {"bytes": h.bytes, "sha256": h.sha256}
         for p, h in zip(paths, hash_files(paths), strict=True)

@@ -38,8 +38,7 @@ from k2trt.errors import CheckFailed, K2Error
 from k2trt.release.assemble import release_id
 from k2trt.release.served import SERVING_MODELS, Served, label_text, served
 from k2trt.release.smoke import smoke
-from k2trt.release.stages import tree
-from k2trt.release.verify import check_against, load_manifest
+from k2trt.release.verify import check_tree, load_manifest
 from k2trt.runtime.wire import CHAT_MODEL
 from k2trt.triton_repo import spec
 from k2trt.triton_repo import versions as vs
@@ -122,15 +121,9 @@ def load_release(path: Path) -> ReleaseFiles:
         raise K2Error("id does not match the content (edited after the build)", path=path)
     for name in SERVING_MODELS:
         prefix = f"{REPOSITORY}/{name}/"
-        listed = {n: f for n, f in manifest["files"].items() if n.startswith(prefix)}
-        if f"{prefix}config.pbtxt" not in listed:
+        if f"{prefix}config.pbtxt" not in manifest["files"]:
             raise K2Error(f"the release has no {name} model", path=path / prefix)
-        findings = check_against(path, listed, "missing (listed in release.json)")
-        findings += [
-            f"{p}: not part of the release (not in release.json)"
-            for p in tree(path / prefix)
-            if p.relative_to(path).as_posix() not in listed
-        ]
+        findings = check_tree(path, manifest["files"], prefix)
         if findings:
             raise K2Error(f"release files do not match release.json: {findings[0]}")
     return ReleaseFiles(path, manifest)

@@ -142,6 +142,7 @@ def served(ctx: Context, engine: str) -> Iterator[Endpoint]:
     """The release's repository (placed on this machine) on a tritonserver, with the OpenAI
     API in front; torn down on exit."""
     from k2trt.build.bundle import Bundle
+    from k2trt.triton_repo.cpu_server import CpuTritonServer
     from k2trt.triton_repo.repository import REPOSITORY_DIR, package, placement_for
 
     bundle = Bundle.load(ctx.work / "bundle", check_hashes=False)
@@ -157,19 +158,23 @@ def served(ctx: Context, engine: str) -> Iterator[Endpoint]:
         else:
             binary = CONTAINER_TRITONSERVER
         ctx.say(f"[gates] starting tritonserver ({engine}) on the packaged repository")
-        with _triton(pkg.path / REPOSITORY_DIR, env, binary, ctx) as server:
+        timeout = ctx.spec.gates.smoke.timeout_s
+        repo = pkg.path / REPOSITORY_DIR
+        with CpuTritonServer(repo, env=env, timeout=timeout, binary=binary) as server:
             yield from _gateway(server.grpc_url, bundle.model_id, ctx.prepared / "tokenizer")
 
 
 def _standin(ctx: Context, package_dir: Path, root: Path) -> dict[str, str]:
-    from k2trt.runtime.reference import MAX_WEIGHT_BYTES
+    from k2trt.checkpoint.reader import Checkpoint
+    from k2trt.runtime.reference import MAX_WEIGHT_BYTES, stored_bytes
     from k2trt.runtime.scripted import SCRIPT_ENV
     from k2trt.triton_repo.repository import use_cpu_standin
     from k2trt.units import human_bytes
 
     ckpt = smoke_checkpoint(ctx)
     assert ckpt is not None
-    size = _weight_bytes(ckpt)
+    with Checkpoint.open(ckpt, require_weights=True) as opened:
+        size = stored_bytes(opened)
     if size > MAX_WEIGHT_BYTES:
         raise K2Error(
             f"gates.smoke: the CPU stand-in runs checkpoints up to {human_bytes(MAX_WEIGHT_BYTES)}"
@@ -180,22 +185,6 @@ def _standin(ctx: Context, package_dir: Path, root: Path) -> dict[str, str]:
     script = root / "script.json"
     script.write_text(json.dumps({"replies": SCRIPT}), encoding="utf-8")
     return {SCRIPT_ENV: str(script)}
-
-
-def _weight_bytes(ckpt: Path) -> int:
-    from k2trt.fsutil import read_json
-
-    index = read_json(ckpt / "model.safetensors.index.json", "index")
-    return int(index.get("metadata", {}).get("total_size", 0))
-
-
-@contextlib.contextmanager
-def _triton(repo: Path, env: dict[str, str], binary: Path | None, ctx: Context) -> Iterator[Any]:
-    from k2trt.triton_repo.cpu_server import CpuTritonServer
-
-    timeout = ctx.spec.gates.smoke.timeout_s
-    with CpuTritonServer(repo, env=env, timeout=timeout, binary=binary) as server:
-        yield server
 
 
 def _gateway(grpc_url: str, model: str, tokenizer: Path) -> Iterator[Endpoint]:

@@ -33,10 +33,10 @@ from k2trt.checkpoint.manifest import (
     manifest_data,
 )
 from k2trt.errors import CheckFailed, K2Error
-from k2trt.fsutil import read_json, write_json_atomic
+from k2trt.fsutil import files_under, read_json, write_json_atomic
 from k2trt.output import Ticker
 from k2trt.release.spec import ReleaseSpec, resolve
-from k2trt.release.stages import Outcome, Record, Stage, digest, run_stages, tree
+from k2trt.release.stages import Outcome, Record, Stage, digest, run_stages
 from k2trt.typed import to_plain
 
 SOURCE_MANIFEST = "source-manifest.json"
@@ -237,7 +237,7 @@ def convert_run(ctx: Context) -> Outcome:
         "chat_template": {k: manifest["chat_template"].get(k) for k in ("name", "sha256")},
     }
     log = {"written": done.written, "linked": done.linked, "resumed": done.skipped}
-    return Outcome(tree(ctx.prepared), result, log, known)
+    return Outcome(files_under(ctx.prepared), result, log, known)
 
 
 def verify_inputs(ctx: Context) -> dict[str, str]:
@@ -310,16 +310,12 @@ def build_run(ctx: Context) -> Outcome:
         "max_seq_len": bundle.options["max_seq_len"],
         "kv_tokens_total": r["plan"]["kv_tokens_total"],
     }
-    return Outcome(tree(ctx.work / BUNDLE), result)
-
-
-def placement(ctx: Context) -> Any:
-    """Where the serving nodes find the weights, the repository and the engine options."""
-    return placement_of(ctx.spec)
+    return Outcome(files_under(ctx.work / BUNDLE), result)
 
 
 def placement_of(spec: ReleaseSpec) -> Any:
-    """A release's placement from its spec alone (release.bluegreen reads it back)."""
+    """Where the serving nodes find the weights, the repository and the engine options, from
+    the spec alone (release.bluegreen reads it back)."""
     from k2trt.triton_repo.repository import REPOSITORY_DIR, Placement
 
     install = spec.install_dir()
@@ -334,18 +330,18 @@ def placement_of(spec: ReleaseSpec) -> Any:
 def release_tag(ctx: Context) -> Any:
     """What the packaged configs record of this release: name, version and engine part (the
     same figures release.json's `engine` holds), so a running Triton can tell them."""
-    from k2trt.release.assemble import engine_files, engine_id
+    from k2trt.release.assemble import engine_part
     from k2trt.triton_repo.spec import ReleaseTag
 
     manifest = read_json(ctx.prepared / MANIFEST_NAME, "prepared checkpoint manifest")
     files = {name: f["sha256"] for name, f in manifest["files"].items()}
-    options = ctx.records["build"].result["options_sha256"]
+    engine = engine_part(files, ctx.records["build"].result["options_sha256"])
     return ReleaseTag(
         name=ctx.spec.name,
         version=ctx.spec.version,
-        engine_id=engine_id(files, options),
-        weights_sha256=digest(engine_files(files)),
-        options_sha256=options,
+        engine_id=engine["id"],
+        weights_sha256=engine["weights_sha256"],
+        options_sha256=engine["options_sha256"],
     )
 
 
@@ -355,7 +351,7 @@ def package_inputs(ctx: Context) -> dict[str, str]:
         "package spec": digest(to_plain(ctx.spec.package)),
         # the release tag (release_tag) needs no input of its own: its name and version are
         # the placement's, its engine figures the bundle's (options, checkpoint hashes)
-        "placement": digest(to_plain(placement(ctx))),
+        "placement": digest(to_plain(placement_of(ctx.spec))),
     }
 
 
@@ -369,7 +365,7 @@ def package_run(ctx: Context) -> Outcome:
         ctx.work / TRITON,
         force=True,
         container=ctx.spec.package.container,
-        placement=placement(ctx),
+        placement=placement_of(ctx.spec),
         release=release_tag(ctx),
     )
     result = {
@@ -379,7 +375,7 @@ def package_run(ctx: Context) -> Outcome:
         "world_size": pkg.record["world_size"],
         "nodes": pkg.record["nodes"],
     }
-    return Outcome(tree(ctx.work / TRITON), result)
+    return Outcome(files_under(ctx.work / TRITON), result)
 
 
 # ---- gates ----
@@ -414,7 +410,7 @@ def gates_run(ctx: Context) -> Outcome:
             f"gate {first['gate']} failed: {first['failures'][0]} "
             f"(report: {ctx.work / GATES / (first['gate'] + '.json')})"
         )
-    return Outcome(tree(ctx.work / GATES), {"gates": results})
+    return Outcome(files_under(ctx.work / GATES), {"gates": results})
 
 
 STAGES: tuple[
@@ -437,7 +433,7 @@ def stage_options(ctx: Context) -> dict[str, dict[str, Any]]:
         "convert": to_plain(spec.convert),
         "verify": {"single": True, "pair": True},
         "build": {**spec.build.to_dict(), "serve_path": spec.checkpoint_path()},
-        "package": {**to_plain(spec.package), "placement": to_plain(placement(ctx))},
+        "package": {**to_plain(spec.package), "placement": to_plain(placement_of(ctx.spec))},
         "gates": to_plain(spec.gates),
     }
 

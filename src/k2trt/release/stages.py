@@ -150,13 +150,3 @@ def _run_one(work: Path, stage: Stage, inputs: dict[str, str]) -> Record:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, {"format": RECORD_FORMAT, **asdict(record)})
     return record
-
-
-def tree(root: Path) -> list[Path]:
-    """Every regular file under `root`, sorted, hidden names (and what is under them) left out."""
-    found = []
-    for path in root.rglob("*"):
-        rel = path.relative_to(root)
-        if path.is_file() and not any(part.startswith(".") for part in rel.parts):
-            found.append(path)
-    return sorted(found)

@@ -28,9 +28,8 @@ from typing import Any
 from k2trt.build.gpus import CATALOG, parse_gpus
 from k2trt.checkpoint.manifest import sha256_file
 from k2trt.errors import K2Error
-from k2trt.fsutil import read_json
+from k2trt.fsutil import files_under, read_json
 from k2trt.release.assemble import FORMAT, RELEASE_JSON, SIGNATURE, UNHASHED, release_id
-from k2trt.release.stages import tree
 
 # Longest names first: "H200" must not be read as "H20".
 _SKU = re.compile(r"\b(" + "|".join(sorted(CATALOG, key=len, reverse=True)) + r")\b")
@@ -69,9 +68,15 @@ def check_files(release: Path, manifest: dict[str, Any]) -> list[str]:
             f"{release / RELEASE_JSON}: id {manifest['id'][:19]}... does not match "
             f"its content ({release_id(manifest)[:19]}...): the manifest was edited"
         )
-    listed = manifest["files"]
-    findings += check_against(release, listed, "missing (listed in release.json)")
-    for path in tree(release):
+    return findings + check_tree(release, manifest["files"])
+
+
+def check_tree(release: Path, files: dict[str, Any], under: str = "") -> list[str]:
+    """The release's files under the prefix `under` ("": all of them): every listed one
+    present and unchanged, nothing unlisted (release.json and release.sig aside)."""
+    listed = {n: f for n, f in files.items() if n.startswith(under)}
+    findings = check_against(release, listed, "missing (listed in release.json)")
+    for path in files_under(release / under if under else release):
         name = path.relative_to(release).as_posix()
         if name not in listed and name not in UNHASHED:
             findings.append(f"{path}: not part of the release (not in release.json)")

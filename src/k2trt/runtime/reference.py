@@ -46,6 +46,11 @@ def _sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Gener
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
+def stored_bytes(ckpt: Checkpoint) -> int:
+    """Bytes of stored weights, from the shard headers: what `MAX_WEIGHT_BYTES` limits."""
+    return sum(info.nbytes for info in ckpt.infos.values())
+
+
 class ReferenceEngine:
     """Incremental CPU generation with transformers (see the module docstring).
 
@@ -67,7 +72,7 @@ class ReferenceEngine:
 
         with _quiet_transformers(), Checkpoint.open(Path(ckpt), require_weights=True) as c:
             architecture_for(c.config)
-            stored = sum(info.nbytes for info in c.infos.values())
+            stored = stored_bytes(c)
             if stored > MAX_WEIGHT_BYTES:
                 raise K2Error(
                     f"{human_bytes(stored)} of weights is too large for the CPU reference "

@@ -19,7 +19,6 @@ and renamed into place; an existing OUT is refused without `force`.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -31,9 +30,10 @@ import yaml
 from k2trt import __version__
 from k2trt.build.bundle import Bundle
 from k2trt.errors import K2Error
-from k2trt.fsutil import atomic_dir, dump_json, read_json, write_text_atomic
+from k2trt.fsutil import atomic_dir, dump_json, link_or_copy, read_json, write_text_atomic
 from k2trt.runtime.chat import ModelFiles
 from k2trt.triton_repo import launch, spec
+from k2trt.triton_repo.versions import write_model_py
 
 REPOSITORY_DIR = "model_repository"
 LAUNCH_DIR = "launch"
@@ -116,13 +116,6 @@ def _model_file_sources(ckpt: Path) -> dict[str, Path]:
     return found
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
 def write_model_files(ckpt: Path, repo: Path) -> dict[str, str]:
     """Copy the tokenizer/template/config files into each model that reads them (hard links
     after the first copy); checks they load. Returns name -> sha256."""
@@ -135,26 +128,18 @@ def write_model_files(ckpt: Path, repo: Path) -> dict[str, str]:
             if first is None:
                 shutil.copy2(src, dest / name)
             else:
-                _link_or_copy(first / name, dest / name)
+                link_or_copy(first / name, dest / name)
         first = first or dest
     assert first is not None
     ModelFiles.load(first)  # a file that does not load fails here, not in the server
     return {n: hashlib.sha256((first / n).read_bytes()).hexdigest() for n in sorted(sources)}
 
 
-def write_version(version: Path, source: str) -> None:
-    """A version directory's files: model.py, and the empty file that keeps Python from
-    writing a bytecode cache there (see spec.BYTECODE_BLOCKER)."""
-    version.mkdir(parents=True, exist_ok=True)
-    (version / "model.py").write_text(source, encoding="utf-8")
-    (version / spec.BYTECODE_BLOCKER).write_bytes(b"")
-
-
 def write_models(repo: Path, model_id: str, release: spec.ReleaseTag | None = None) -> None:
     """config.pbtxt and 1/model.py for every model."""
-    source = model_source()
+    source = model_source().encode("utf-8")
     for name, config in spec.all_configs(model_id, release).items():
-        write_version(repo / name / spec.VERSION, source)
+        write_model_py(repo / name / spec.VERSION, source)
         (repo / name / "config.pbtxt").write_text(config.text() + "\n", encoding="utf-8")
 
 

@@ -27,7 +27,7 @@ from google.protobuf import json_format, text_format  # type: ignore[import-unty
 from tritonclient.grpc import model_config_pb2
 
 from k2trt.errors import K2Error
-from k2trt.fsutil import dump_json, write_text_atomic
+from k2trt.fsutil import atomic_dir, dump_json, write_text_atomic
 from k2trt.triton_repo import spec
 
 CONFIG = "config.pbtxt"
@@ -127,6 +127,14 @@ def same_apart_from_versions(a: Any, b: Any) -> list[str]:
     return sorted(f for f in set(x) | set(y) if x.get(f) != y.get(f))
 
 
+def write_model_py(version: Path, model_py: bytes) -> None:
+    """A version directory's model.py, and the empty file that keeps Python from writing a
+    bytecode cache there (see spec.BYTECODE_BLOCKER)."""
+    version.mkdir(parents=True, exist_ok=True)
+    (version / "model.py").write_bytes(model_py)
+    (version / spec.BYTECODE_BLOCKER).write_bytes(b"")
+
+
 def write_version(
     model_dir: Path,
     version: int,
@@ -139,19 +147,11 @@ def write_version(
     dest = model_dir / str(version)
     if dest.exists():
         raise K2Error("version directory already exists", path=dest)
-    tmp = model_dir / f".{version}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        (tmp / "model.py").write_bytes(model_py)
-        (tmp / spec.BYTECODE_BLOCKER).write_bytes(b"")
+    with atomic_dir(dest) as tmp:
+        write_model_py(tmp, model_py)
         (tmp / spec.RELEASE_RECORD).write_text(dump_json(record), encoding="utf-8")
         if files is not None:
             shutil.copytree(files, tmp / spec.MODEL_FILES_DIR)
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dest
 
 
