@@ -374,6 +374,24 @@ def test_dockerfile_starts_from_the_pinned_container() -> None:
     assert launch.CONTAINER.endswith("-trtllm-python-py3")
 
 
+def test_dockerfile_installs_dependencies_pinned_to_the_container() -> None:
+    # k2trt's own dependencies must come in (a --no-deps install left the CLI unable to start
+    # without starlette/uvicorn), but never replace what the container ships: the install is
+    # constrained by the container's package list, frozen first.
+    runs = [
+        line for line in launch.dockerfile(_deployment(8, 8)).splitlines()
+        if line.startswith("RUN ") and "/opt/k2trt-src" in line
+    ]  # fmt: skip
+    assert len(runs) == 1
+    steps = [step.strip() for step in runs[0].removeprefix("RUN ").split("&&")]
+    assert steps[0] == f"pip list --format=freeze > {launch.CONTAINER_PINS}"
+    install = steps[1].split()
+    assert "--no-deps" not in install
+    assert install[install.index("--constraint") + 1] == launch.CONTAINER_PINS
+    assert install[-1] == "/opt/k2trt-src"
+    assert steps[-1] == "k2trt --version"  # the CLI starts in the image, or the build fails
+
+
 def test_scripts_are_executable(out: Path) -> None:
     for name in ("serve-docker.sh", "serve-mpirun.sh", "serve.sbatch"):
         assert os.access(out / LAUNCH_DIR / name, os.X_OK), name

@@ -233,12 +233,19 @@ def sbatch_script(d: Deployment) -> Script:
     )
 
 
+# What the container ships, frozen before k2trt goes in (pip constraints, not requirements).
+CONTAINER_PINS = "/opt/k2trt-src/container-pins.txt"
+
+
 def dockerfile(d: Deployment) -> str:
     """The serving image: NVIDIA's container, sshd for multi-node mpirun, and k2trt.
 
     Built from a k2trt source checkout: `docker build -f OUT/launch/Dockerfile -t IMAGE .`.
-    k2trt goes in without dependencies (the container's torch and transformers stay) plus the
-    few it adds; K2TRT_PYTHONPATH stays unset there."""
+    k2trt goes in with its dependencies, constrained to what the container already has
+    (`pip list --format=freeze`, which names direct-URL installs such as tensorrt_llm by
+    version too), so the container's torch and transformers stay and only what is missing is
+    added; a conflict fails the build instead of replacing a package. K2TRT_PYTHONPATH stays
+    unset there."""
     steps = [
         ("FROM", d.container),
         ("RUN", "apt-get update && apt-get install -y --no-install-recommends "
@@ -246,8 +253,9 @@ def dockerfile(d: Deployment) -> str:
                 "&& mkdir -p /run/sshd"),
         ("COPY", "pyproject.toml README.md /opt/k2trt-src/"),
         ("COPY", "src /opt/k2trt-src/src"),
-        ("RUN", "pip install --no-cache-dir --no-deps /opt/k2trt-src "
-                "&& pip install --no-cache-dir tiktoken 'jinja2>=3.1.6' typer rich pyyaml"),
+        ("RUN", f"pip list --format=freeze > {CONTAINER_PINS} "
+                f"&& pip install --no-cache-dir --constraint {CONTAINER_PINS} /opt/k2trt-src "
+                "&& k2trt --version"),
     ]  # fmt: skip
     head = [
         f"# k2trt serving image for {d.model_id}: {d.container} + k2trt.",
