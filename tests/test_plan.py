@@ -83,6 +83,13 @@ def kimi() -> ModelConfig:
     return ModelConfig.from_dict(kimi_k2_config("0711"))
 
 
+def small() -> ModelConfig:
+    """The `small` synth preset's config (1,536-row vocabulary, as synth writes it)."""
+    from k2trt.synth.presets import SynthOptions, synth_config
+
+    return ModelConfig.from_dict(synth_config(SynthOptions(preset="small"), 1536, 1, 2))
+
+
 def deepseek_v3() -> ModelConfig:
     """DeepSeek-V3's published config: same family, its own sizes (671B, one MTP layer)."""
     return ModelConfig.from_dict(deepseek_v3_config())
@@ -162,7 +169,9 @@ def test_activation_per_token_by_hand() -> None:
 def test_enumeration_respects_heads_experts_and_layers() -> None:
     labels = [p.layout.label for p in plan(tiny(), parse_gpus("H200x4"), 1024, 1).layouts]
     assert "TP4 EP4" in labels and "ADP4 EP4" in labels and "TP4 EP1 MoE-TP4" not in labels
-    assert not any("PP" in label for label in labels)  # 3 layers: PP 2 and 4 do not divide
+    # 3 layers: PP2 splits them 2 + 1 (torch.tensor_split, as TensorRT-LLM); PP4 has no room
+    assert any("PP2" in label for label in labels)
+    assert not any("PP4" in label for label in labels)
     assert len(labels) == len(set(labels))
 
 
@@ -250,8 +259,11 @@ def test_8x_h100_cannot_hold_kimi_k2_in_any_layout() -> None:
 
 def test_8x_h200_holds_kimi_k2_with_little_kv_room() -> None:
     report = plan(kimi(), parse_gpus("H200x8"), K128, 1)
-    best = report.best
-    assert best is not None and report.ok and best.layout == Layout(tp=8, ep=8)
+    (best,) = [p for p in report.layouts if p.layout == Layout(tp=8, ep=8)]
+    assert report.ok and best.request_fit
+    # without PP, TP8 EP8 is the best layout
+    flat = [p for p in report.layouts if p.layout.pp == 1]
+    assert flat[0] is best
     # 122.9 GiB of weights per GPU leave ~339K tokens (fp8 KV, replicated over TP): about
     # 2.6 sequences of 128K, against the 1M tokens of 8 concurrent ones.
     assert 300_000 < best.kv_tokens_total < 400_000 < 4 * K128
@@ -261,7 +273,8 @@ def test_8x_h200_holds_kimi_k2_with_little_kv_room() -> None:
 def test_moonshot_16_gpu_minimum_for_128k_on_h200_and_h20() -> None:
     # The claim names no concurrency; 8 x H200 tops out at 2 full-context sequences (3 even
     # with zero reserves), so any concurrency of 4 or more reproduces it. We ask for 8.
-    assert not plan(kimi(), parse_gpus("H200x8"), K128, 8).ok
+    h200x8 = plan(kimi(), parse_gpus("H200x8"), K128, 8)
+    assert not any(p.request_fit for p in h200x8.layouts if p.layout.pp == 1)
     assert not plan(kimi(), parse_gpus("H20x8"), K128, 1).ok  # weights alone do not fit
     h200 = plan(kimi(), parse_gpus("H200x16"), K128, 8)
     h20 = plan(kimi(), parse_gpus("H20x16"), K128, 8)
@@ -269,15 +282,29 @@ def test_moonshot_16_gpu_minimum_for_128k_on_h200_and_h20() -> None:
     assert h20.best is not None and h20.best.layout == Layout(16, ep=16, attention_dp=True)
     zero = Reserves(max_num_tokens=0, runtime_bytes=0, cuda_graph_bytes=0, cuda_graph_batch=0)
     zero_plan = plan(kimi(), parse_gpus("H200x8"), K128, 4, reserves=zero)
-    assert not any(p.request_fit for p in zero_plan.layouts if not p.layout.attention_dp)
+    flat_tp = [p for p in zero_plan.layouts if not p.layout.attention_dp and p.layout.pp == 1]
+    assert flat_tp and not any(p.request_fit for p in flat_tp)
 
 
 def test_pipeline_parallel_is_the_caveat_to_the_16_gpu_minimum() -> None:
-    # 61 layers: automatic enumeration only keeps PP sizes that divide the layer count, but
-    # TensorRT-LLM splits unevenly; PP8 stores each layer's latent once instead of 8 times.
+    # 61 layers split unevenly over 8 stages (8 x 8 - 3, torch.tensor_split as TensorRT-LLM);
+    # PP8 stores each layer's latent once instead of 8 times, so by memory it serves what no
+    # PP1 layout can, and the automatic enumeration finds it.
     cfg, gpus = kimi(), parse_gpus("H200x8")
     report = plan(cfg, gpus, K128, 8, layout=make_layout(cfg, gpus, tp=1, pp=8))
     assert report.ok and report.layouts[0].sequences >= 8
+    auto = plan(cfg, gpus, K128, 8)
+    assert auto.ok and auto.best is not None and auto.best.layout.pp > 1
+
+
+def test_pipeline_stages_rank_after_layouts_without_them_that_fit() -> None:
+    # small preset on 8 x H200: PP layouts hold a hair more KV (smaller per-stage weights)
+    # than ADP8 EP8, but a layout without PP that fits ranks first.
+    report = plan(small(), parse_gpus("H200x8"), K128, 1)
+    assert report.best is not None and report.best.layout == Layout(8, ep=8, attention_dp=True)
+    assert report.best.kv_tokens_total < max(p.kv_tokens_total for p in report.layouts)
+    pps = [p.layout.pp for p in report.layouts]
+    assert pps == sorted(pps)  # everything fits: fewer stages first, KV within a PP size
 
 
 def test_deepseek_v3_fits_8x_h200() -> None:

@@ -117,8 +117,9 @@ MODEL_NOTES = (
     "KV cache: MLA stores kv_lora_rank + qk_rope_head_dim per layer per token (one K-only "
     "'head'); under TP every rank holds the whole latent of every request (replicated), with "
     "attention-DP each rank holds its own requests",
-    "PP: layers split as torch.tensor_split does (first stages take the extra layer); automatic "
-    "enumeration keeps PP sizes that divide num_hidden_layers, --pp evaluates any",
+    "PP: layers split as torch.tensor_split does (first stages take the extra layer), as "
+    "TensorRT-LLM's Mapping.pp_layers does without pp_partition; any PP size up to "
+    "num_hidden_layers is enumerated",
     "FP8 block scales are counted as float32 on every GPU generation (Blackwell resmooths "
     "them to a smaller format at load: a slight overestimate there)",
 )
@@ -536,11 +537,12 @@ def _moe_tp_ok(cfg: ModelConfig, moe_tp: int) -> bool:
 def layouts(cfg: ModelConfig, count: int) -> Iterator[Layout]:
     """Every sensible layout of `count` GPUs: TP x PP = count, EP x MoE-TP = TP.
 
-    PP sizes divide num_hidden_layers (even stages); TP divides the attention heads unless
-    attention-DP (which does not split heads); EP divides n_routed_experts.
+    PP stages may be uneven (TensorRT-LLM splits layers with torch.tensor_split), so any PP
+    size up to num_hidden_layers; TP divides the attention heads unless attention-DP (which
+    does not split heads); EP divides n_routed_experts.
     """
     for pp in _divisors(count):
-        if cfg.num_hidden_layers % pp:
+        if pp > cfg.num_hidden_layers:
             continue
         tp = count // pp
         for adp in (False, True) if tp > 1 else (False,):
@@ -610,13 +612,15 @@ def _check_layout(cfg: ModelConfig, gpus: GpuSet, lay: Layout) -> None:
 
 
 def _rank_key(p: LayoutPlan) -> tuple[Any, ...]:
-    # Fit first, then most KV tokens, then fewer PP stages; then the least short of memory
-    # (for layouts that do not fit), and the layout itself, so the order is deterministic.
+    # Fit first; then fewer PP stages: a pipeline adds a bubble and a stage hop per token that
+    # a memory plan does not price, so PP ranks first only when no shallower layout fits (its
+    # extra KV beyond the request is headroom, not a reason). Then most KV tokens, the least
+    # short of memory (for layouts that do not fit), and the layout itself (determinism).
     return (
         not p.request_fit,
         not p.weights_fit,
-        -p.kv_tokens_total,
         p.layout.pp,
+        -p.kv_tokens_total,
         -p.binding.free,
         p.layout,
     )
