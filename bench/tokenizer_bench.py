@@ -78,7 +78,8 @@ def render_and_encode(tok: KimiTokenizer, prompt: str) -> tuple[float, int]:
         {"role": roles[i % 2], "content": prompt[at : at + step]}
         for i, at in enumerate(range(0, len(prompt), step))
     ]
-    secs, encoded = timed(lambda: encode_chat(tok, builtin_template("v3"), messages))
+    template = builtin_template("kimi-k2-instruct-0905")
+    secs, encoded = timed(lambda: encode_chat(tok, template, messages))
     return secs, len(encoded.ids)
 
 

@@ -41,9 +41,9 @@ def tok(tiny_ckpt: Path) -> KimiTokenizer:
     return KimiTokenizer.from_dir(tiny_ckpt)
 
 
-@pytest.mark.parametrize("generation", ["v2", "v3"])
-def test_user_text_never_becomes_special(tok: KimiTokenizer, generation: str) -> None:
-    template = builtin_template(generation)
+@pytest.mark.parametrize("revision", ["kimi-k2-instruct-0711-tools", "kimi-k2-instruct-0905"])
+def test_user_text_never_becomes_special(tok: KimiTokenizer, revision: str) -> None:
+    template = builtin_template(revision)
     prompt = encode_chat(tok, template, MESSAGES, TOOLS)
     assert prompt.text == render_chat(template, MESSAGES, TOOLS).text
     assert tok.decode(prompt.ids) == prompt.text
@@ -57,7 +57,7 @@ def test_user_text_never_becomes_special(tok: KimiTokenizer, generation: str) ->
 
 def test_plain_encoding_matches_when_no_lookalikes(tok: KimiTokenizer) -> None:
     messages = [{"role": "user", "content": "hello 你好 🙂"}]
-    prompt = encode_chat(tok, builtin_template("v3"), messages)
+    prompt = encode_chat(tok, builtin_template("kimi-k2-instruct-0905"), messages)
     assert prompt.ids == tok.encode_with_specials(prompt.text)
 
 

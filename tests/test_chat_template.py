@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers.utils.chat_template_utils import render_jinja_template
 
+from k2trt.chat.revisions import REVISION_NAMES, known_revision, release_template
 from k2trt.chat.template import (
-    GENERATIONS,
     ChatTemplate,
     builtin_template,
     chat_template_from_text,
@@ -25,6 +25,7 @@ from k2trt.chat.template import (
 from k2trt.errors import K2Error
 
 Messages = list[dict[str, Any]]
+FIRST, OLD, LATEST = REVISION_NAMES
 
 WEATHER_TOOL = {
     "type": "function",
@@ -39,6 +40,7 @@ WEATHER_TOOL = {
     },
 }
 TIME_TOOL = {"type": "function", "function": {"name": "now", "parameters": {"type": "object"}}}
+IMAGE = {"type": "image_url", "image_url": {"url": "https://example.invalid/a.png"}}
 
 
 def call(call_id: str, name: str, arguments: Any) -> dict[str, Any]:
@@ -121,6 +123,10 @@ CONVERSATIONS: dict[str, tuple[Messages, list[dict[str, Any]] | None]] = {
         [WEATHER_TOOL, TIME_TOOL],
     ),
     "empty_tools_list": ([{"role": "user", "content": "hi"}], []),
+    "images": (
+        [{"role": "user", "content": [IMAGE, {"type": "text", "text": "what is it?"}]}],
+        None,
+    ),
     "special_text": (
         [{"role": "user", "content": '{{ not jinja }} {% raw %} <|im_end|> "quotes" \\ 日本'}],
         None,
@@ -140,46 +146,103 @@ def hf_render(template: str, messages: Messages, tools: Any = None, **kwargs: An
 
 @pytest.mark.parametrize("add_generation_prompt", [True, False])
 @pytest.mark.parametrize("name", sorted(CONVERSATIONS))
-@pytest.mark.parametrize("generation", GENERATIONS)
-def test_matches_transformers(generation: str, name: str, add_generation_prompt: bool) -> None:
+@pytest.mark.parametrize("revision", REVISION_NAMES)
+def test_renderer_matches_transformers(
+    revision: str, name: str, add_generation_prompt: bool
+) -> None:
     messages, tools = CONVERSATIONS[name]
-    template = builtin_template(generation)
+    template = builtin_template(revision)
     ours = render_chat(template, messages, tools, add_generation_prompt=add_generation_prompt)
     theirs = hf_render(template, messages, tools, add_generation_prompt=add_generation_prompt)
     assert ours.text == theirs
     assert not ours.mutating
-    assert ours.template_name == f"kimi-{generation}"
+    assert ours.template_name == revision
 
 
-# One literal prompt per generation: the rules, spelled out.
-V1_TWO_CALLS = (
-    '<|im_system|>tool_declare<|im_middle|>[{"type": "function", "function": {"name": "now",'
-    ' "parameters": {"type": "object"}}}]<|im_end|>'
-    "<|im_system|>system<|im_middle|>You are a helpful assistant<|im_end|>"
-    "<|im_user|>user<|im_middle|>Weather in Berlin and Paris?<|im_end|>"
-    "<|im_assistant|>assistant<|im_middle|>Checking.<|im_end|>"
-    "<|im_system|>tool<|im_middle|>12°C<|im_end|>"
-    "<|im_system|>tool<|im_middle|>15°C<|im_end|>"
-    "<|im_assistant|>assistant<|im_middle|>"
-)
-V2_TWO_CALLS = (
-    '<|im_system|>tool_declare<|im_middle|>[{"type": "function", "function": {"name": "now",'
-    ' "parameters": {"type": "object"}}}]<|im_end|>'
-    "<|im_system|>system<|im_middle|>You are Kimi, an AI assistant created by Moonshot AI."
+# ---------------------------------------------------------------------------------------------
+# Our templates against the prompts Moonshot's published revisions render (tests/data)
+
+FIXTURES = Path(__file__).parent / "data" / "kimi_templates"
+FIXTURE_CASES = json.loads((FIXTURES / "conversations.json").read_text(encoding="utf-8"))[
+    "conversations"
+]
+
+
+def fixture(revision: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((FIXTURES / f"{revision}.json").read_text(encoding="utf-8"))
+    return data
+
+
+@pytest.mark.parametrize("revision", REVISION_NAMES)
+def test_fixture_provenance(revision: str) -> None:
+    data = fixture(revision)
+    assert data["revision"] == revision
+    assert set(data["source"]) >= {"repo", "path", "commit", "sha256"}
+    assert len(data["source"]["commit"]) == 40 and len(data["source"]["sha256"]) == 64
+    assert set(data["by_conversation"]) == {case["id"] for case in FIXTURE_CASES}
+
+
+@pytest.mark.parametrize("revision", REVISION_NAMES)
+def test_renders_like_the_published_revision(revision: str) -> None:
+    """Every generated conversation, generation prompt off and on, byte for byte."""
+    template = builtin_template(revision)
+    expected = fixture(revision)["by_conversation"]
+    compared = 0
+    for case in FIXTURE_CASES:
+        for generation, want in zip((False, True), expected[case["id"]], strict=True):
+            args = (template, case["messages"], case["tools"])
+            if isinstance(want, dict):  # the published template fails here: so must ours
+                with pytest.raises(K2Error, match=f"chat template {revision} cannot render"):
+                    render_chat(*args, add_generation_prompt=generation)
+                continue
+            got = render_chat(*args, add_generation_prompt=generation).text
+            assert got == want, (case["id"], generation)
+            compared += 1
+    assert compared >= 2 * (len(FIXTURE_CASES) - 2)
+
+
+def test_fixture_set_covers_the_shapes() -> None:
+    """The generated set holds every conversation shape the revisions differ on."""
+    messages = [m for case in FIXTURE_CASES for m in case["messages"]]
+    parts = [p for m in messages if isinstance(m.get("content"), list) for p in m["content"]]
+    assert any(m["role"] == "system" for m in messages)
+    assert any(
+        case["messages"] and case["messages"][0]["role"] != "system" for case in FIXTURE_CASES
+    )
+    assert any(p.get("type") == "text" for p in parts) and any("image_url" in p for p in parts)
+    assert any(m.get("tool_calls") for m in messages) and any(m["role"] == "tool" for m in messages)
+    assert any(m.get("name") for m in messages)
+    assert any("<|im_end|>" in json.dumps(m, ensure_ascii=False) for m in messages)
+    assert any(any(ord(c) > 127 for c in json.dumps(m, ensure_ascii=False)) for m in messages)
+    assert any(case["tools"] for case in FIXTURE_CASES)
+
+
+def test_revisions_differ_where_documented() -> None:
+    image_then_text = [{"role": "user", "content": [IMAGE, {"type": "text", "text": "?"}]}]
+    first, tools_rev, latest = (
+        render_chat(builtin_template(r), image_then_text).text for r in REVISION_NAMES
+    )
+    media = "<|media_start|>image<|media_content|><|media_pad|><|media_end|>"
+    assert f"{media}?<|im_end|>" in first
+    assert f"{media}\n?<|im_end|>" in tools_rev and f"{media}\n?<|im_end|>" in latest
+    assert "You are a helpful assistant<|im_end|>" in first
+    assert "You are Kimi, an AI assistant created by Moonshot AI.<|im_end|>" in latest
+    named = [{"role": "user", "content": "hi", "name": "alice"}]
+    assert (
+        "<|im_user|>user<|im_middle|>"
+        in render_chat(builtin_template(REVISION_NAMES[1]), named).text
+    )
+    assert (
+        "<|im_user|>alice<|im_middle|>"
+        in render_chat(builtin_template(REVISION_NAMES[2]), named).text
+    )
+
+
+# The tool-calling format, spelled out once (0905).
+LATEST_TWO_CALLS = (
+    "<|im_system|>tool_declare<|im_middle|>\n  # Tools\n  "
+    '[{"type": "function", "function": {"name": "now", "parameters": {"type": "object"}}}]'
     "<|im_end|>"
-    "<|im_user|>user<|im_middle|>Weather in Berlin and Paris?<|im_end|>"
-    "<|im_assistant|>assistant<|im_middle|>Checking.<|tool_calls_section_begin|>"
-    '<|tool_call_begin|>functions.get_weather:0<|tool_call_argument_begin|>{"city": "Berlin"}'
-    "<|tool_call_end|>"
-    '<|tool_call_begin|>functions.get_weather:1<|tool_call_argument_begin|>{"city": "Paris"}'
-    "<|tool_call_end|><|tool_calls_section_end|><|im_end|>"
-    "<|im_system|>tool<|im_middle|>## Return of functions.get_weather:0\n12°C<|im_end|>"
-    "<|im_system|>tool<|im_middle|>## Return of functions.get_weather:1\n15°C<|im_end|>"
-    "<|im_assistant|>assistant<|im_middle|>"
-)
-V3_TWO_CALLS = (
-    '<|im_system|>tool_declare<|im_middle|>[{"function":{"name":"now","parameters":'
-    '{"type":"object"}},"type":"function"}]<|im_end|>'
     "<|im_system|>system<|im_middle|>You are Kimi, an AI assistant created by Moonshot AI."
     "<|im_end|>"
     "<|im_user|>user<|im_middle|>Weather in Berlin and Paris?<|im_end|>"
@@ -187,76 +250,101 @@ V3_TWO_CALLS = (
     '<|tool_call_begin|>call_a<|tool_call_argument_begin|>{"city": "Berlin"}<|tool_call_end|>'
     '<|tool_call_begin|>call_b<|tool_call_argument_begin|>{"city": "Paris"}<|tool_call_end|>'
     "<|tool_calls_section_end|><|im_end|>"
-    "<|im_system|>tool<|im_middle|>## Return of call_a\n12°C<|im_end|>"
-    "<|im_system|>tool<|im_middle|>## Return of call_b\n15°C<|im_end|>"
+    "<|im_system|>tool<|im_middle|>## Return of call_a\n    12°C<|im_end|>"
+    "<|im_system|>tool<|im_middle|>## Return of call_b\n    15°C<|im_end|>"
     "<|im_assistant|>assistant<|im_middle|>"
 )
 
 
-@pytest.mark.parametrize(
-    ("generation", "expected"), [("v1", V1_TWO_CALLS), ("v2", V2_TWO_CALLS), ("v3", V3_TWO_CALLS)]
-)
-def test_literal_prompt(generation: str, expected: str) -> None:
-    assert render_chat(builtin_template(generation), TWO_CALLS, [TIME_TOOL]).text == expected
+def test_literal_prompt() -> None:
+    template = builtin_template("kimi-k2-instruct-0905")
+    assert render_chat(template, TWO_CALLS, [TIME_TOOL]).text == LATEST_TWO_CALLS
 
 
-def test_list_content_per_generation() -> None:
-    messages = [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
-    v1, v2, v3 = (render_chat(builtin_template(g), messages).text for g in GENERATIONS)
-    # v1 reproduces the historical bug: the list's Python repr reaches the prompt.
-    assert "<|im_middle|>[{'type': 'text', 'text': 'hi'}]<|im_end|>" in v1
-    assert "<|im_user|>user<|im_middle|>hi<|im_end|>" in v2
-    assert "<|im_user|>user<|im_middle|>hi<|im_end|>" in v3
-    # flatten_content repairs v1 for all-text lists.
-    fixed = render_chat(builtin_template("v1"), messages, flatten_content=True).text
-    assert "<|im_user|>user<|im_middle|>hi<|im_end|>" in fixed
-
-
-def test_non_text_parts() -> None:
+def test_flatten_content_repairs_list_content_next_to_calls() -> None:
+    # Both tool-calling revisions print an assistant's list content as its Python repr when
+    # the message also has tool calls; flatten_content joins all-text lists first.
     messages = [
-        {
-            "role": "user",
-            "content": [
-                {"type": "image_url", "image_url": {"url": "x"}},
-                {"type": "text", "text": "?"},
-            ],
-        }
-    ]
-    assert "<|im_middle|>?<|im_end|>" in render_chat(builtin_template("v2"), messages).text
-    with pytest.raises(
-        K2Error, match="chat template kimi-v3: TemplateError: kimi-v3: content parts"
-    ):
-        render_chat(builtin_template("v3"), messages)
-    with pytest.raises(jinja2.exceptions.TemplateError):
-        hf_render(builtin_template("v3"), messages)
-
-
-def test_v3_needs_ids() -> None:
-    no_id = [
-        {
-            "role": "assistant",
-            "content": "",
-            "tool_calls": [{"function": {"name": "f", "arguments": "{}"}}],
-        }
-    ]
-    with pytest.raises(K2Error, match="every tool call needs an id"):
-        render_chat(builtin_template("v3"), no_id)
-    rendered = render_chat(builtin_template("v3"), no_id, rewrite_tool_ids=True).text
-    assert "<|tool_call_begin|>functions.f:0<|tool_call_argument_begin|>{}" in rendered
-    with pytest.raises(K2Error, match="needs a tool_call_id"):
-        render_chat(builtin_template("v3"), [{"role": "tool", "content": "x"}])
-
-
-def test_v2_unmatched_tool_result_keeps_its_id() -> None:
-    messages = [{"role": "tool", "tool_call_id": "orphan", "content": "x"}]
-    assert "## Return of orphan\nx" in render_chat(builtin_template("v2"), messages).text
+        {"role": "assistant", "content": [{"type": "text", "text": "ok"}], "tool_calls": []},
+        {"role": "assistant", "content": [{"type": "text", "text": "ok"}],
+         "tool_calls": [call("c", "now", "{}")]},
+    ]  # fmt: skip
+    template = builtin_template("kimi-k2-instruct-0905")
+    assert "<|im_middle|>[{'type': 'text', 'text': 'ok'}]<|tool_calls" in (
+        render_chat(template, messages).text
+    )
+    fixed = render_chat(template, messages, flatten_content=True).text
+    assert "<|im_middle|>ok<|tool_calls_section_begin|>" in fixed
 
 
 def test_drop_names() -> None:
     messages = [{"role": "user", "content": "hi", "name": "alice"}]
-    assert "<|im_user|>alice<|im_middle|>" in render_chat(builtin_template("v3"), messages).text
-    dropped = render_chat(builtin_template("v3"), messages, drop_names=True).text
+    template = builtin_template("kimi-k2-instruct-0905")
+    assert "<|im_user|>alice<|im_middle|>" in render_chat(template, messages).text
+    dropped = render_chat(template, messages, drop_names=True).text
     assert "<|im_user|>user<|im_middle|>" in dropped
+
+
+# ---------------------------------------------------------------------------------------------
+# Recognition
+
+
+@pytest.mark.parametrize("revision", REVISION_NAMES)
+def test_known_revision(revision: str) -> None:
+    text = builtin_template(revision)
+    assert known_revision(text) == revision
+    assert chat_template_from_text(text).name == revision
+    # Layout that never reaches the prompt does not change what it is.
+    assert known_revision("{# a copy #}\n" + text + "\n") == revision
+    assert chat_template_from_text(text + " ").name == revision
+
+
+def test_unknown_templates_are_custom() -> None:
+    latest = builtin_template("kimi-k2-instruct-0905")
+    changed = latest.replace("created by Moonshot AI.", "created by someone else.")
+    assert known_revision(changed) == "custom"
+    assert known_revision(latest.replace("## Return of ", "## Result of ")) == "custom"
+    assert known_revision("{{ raise_exception('no') }}") == "custom"
+    assert known_revision("{% if %}") == "custom"
+    with pytest.raises(K2Error, match="unknown chat template revision 'kimi-v3'"):
+        builtin_template("kimi-v3")
+
+
+def test_release_templates() -> None:
+    assert release_template("0711") == builtin_template("kimi-k2-instruct-0711-tools")
+    assert release_template("0905") == builtin_template("kimi-k2-instruct-0905")
+    with pytest.raises(K2Error, match="unknown release '0999'"):
+        release_template("0999")
+
+
+# ---------------------------------------------------------------------------------------------
+# Conversations a template cannot render: one line naming the message and field
+
+
+def test_failure_names_message_and_field() -> None:
+    bad = [*TWO_CALLS[:2], {"role": "assistant", "content": "", "tool_calls": [{"id": "x"}]}]
+    template = builtin_template("kimi-k2-instruct-0905")
+    with pytest.raises(K2Error) as info:
+        render_chat(template, bad)
+    assert str(info.value) == (
+        "messages[2].tool_calls[0]: chat template kimi-k2-instruct-0905 cannot render this: "
+        "UndefinedError: 'dict object' has no attribute 'function'"
+    )
+    with pytest.raises(K2Error, match=r"^messages\[1\]\.content: .*'int' object is not iterable"):
+        render_chat(template, [{"role": "user", "content": "a"}, {"role": "user", "content": 7}])
+
+
+def test_failure_in_tools_names_tools() -> None:
+    template = (
+        "{% for t in tools %}{{ t.function.name.upper() }}{% endfor %}{{ messages | length }}"
+    )
+    with pytest.raises(K2Error, match=r"^tools: chat template custom cannot render this"):
+        render_chat(template, [{"role": "user", "content": "x"}], [{"function": 3}])
+
+
+def test_failure_without_a_culprit_keeps_the_template_error() -> None:
+    with pytest.raises(K2Error, match=r"^chat template custom: TemplateError: always$"):
+        render_chat("{{ raise_exception('always') }}", [{"role": "user", "content": "x"}])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,12 +365,14 @@ def test_rewrite_tool_ids_exact() -> None:
     assert [m["content"] for m in rewritten] == [m["content"] for m in REUSED_IDS]
 
 
-def test_rewrite_tool_ids_makes_v3_agree_with_v2() -> None:
-    # Without tools or list content, v2's own numbering is exactly Moonshot's id scheme.
-    v2 = render_chat(builtin_template("v2"), REUSED_IDS).text
-    v3 = render_chat(builtin_template("v3"), REUSED_IDS, rewrite_tool_ids=True)
-    assert v3.text == v2
-    assert "<|tool_call_begin|>call_a" not in v3.text
+def test_rewrite_tool_ids_in_rendering() -> None:
+    template = builtin_template("kimi-k2-instruct-0905")
+    plain = render_chat(template, REUSED_IDS).text
+    rewritten = render_chat(template, REUSED_IDS, rewrite_tool_ids=True).text
+    assert "<|tool_call_begin|>call_a" in plain and "Return of call_a" in plain
+    assert "<|tool_call_begin|>call_a" not in rewritten and "Return of call_a" not in rewritten
+    assert rewritten == render_chat(template, rewrite_tool_call_ids(REUSED_IDS)).text
+    assert "## Return of functions.now:2\n    12:00" in rewritten
 
 
 def test_rewrite_tool_ids_needs_names() -> None:
@@ -431,22 +521,17 @@ def test_dict_keys_that_look_private_are_plain_data() -> None:
 # Loading
 
 
-def test_builtin_template_names() -> None:
-    for generation in GENERATIONS:
-        text = builtin_template(generation)
-        assert builtin_template(f"kimi-{generation}") == text
-        assert chat_template_from_text(text).name == f"kimi-{generation}"
-    assert chat_template_from_text(builtin_template("v3") + " ").name == "custom"
-    with pytest.raises(K2Error, match="unknown chat template generation 'v4'"):
-        builtin_template("v4")
+def test_builtin_template_files() -> None:
+    for revision in REVISION_NAMES:
+        assert builtin_template(revision).startswith("{#- " + revision + ":")
 
 
 def test_load_jinja_file(tmp_path: Path) -> None:
     path = tmp_path / "kimi.jinja"
-    path.write_text(builtin_template("v2"), encoding="utf-8")
+    path.write_text(builtin_template(OLD), encoding="utf-8")
     loaded = load_chat_template(path)
-    assert (loaded.name, loaded.source) == ("kimi-v2", str(path))
-    assert loaded == chat_template_from_text(builtin_template("v2"), str(path))
+    assert (loaded.name, loaded.source) == (OLD, str(path))
+    assert loaded == chat_template_from_text(builtin_template(OLD), str(path))
 
 
 def write_config(directory: Path, chat_template: Any) -> Path:
@@ -461,9 +546,9 @@ def write_config(directory: Path, chat_template: Any) -> Path:
 
 def test_load_directory_prefers_jinja_file(tmp_path: Path) -> None:
     write_config(tmp_path, "from config")
-    (tmp_path / "chat_template.jinja").write_text(builtin_template("v1"), encoding="utf-8")
+    (tmp_path / "chat_template.jinja").write_text(builtin_template(FIRST), encoding="utf-8")
     loaded = load_chat_template(tmp_path)
-    assert (loaded.name, loaded.source) == ("kimi-v1", str(tmp_path / "chat_template.jinja"))
+    assert (loaded.name, loaded.source) == (FIRST, str(tmp_path / "chat_template.jinja"))
 
 
 def test_load_config_string(tmp_path: Path) -> None:
@@ -480,9 +565,9 @@ def test_load_config_string(tmp_path: Path) -> None:
 def test_load_config_list_picks_default(tmp_path: Path) -> None:
     entries = [
         {"name": "tool_use", "template": "tools"},
-        {"name": "default", "template": builtin_template("v3")},
+        {"name": "default", "template": builtin_template(LATEST)},
     ]
-    assert load_chat_template(write_config(tmp_path, entries)).name == "kimi-v3"
+    assert load_chat_template(write_config(tmp_path, entries)).name == LATEST
 
 
 @pytest.mark.parametrize(
@@ -506,15 +591,15 @@ def test_load_config_bad_values(tmp_path: Path, value: Any, message: str) -> Non
 
 
 @pytest.mark.parametrize("chat_template", [..., None])
-def test_load_falls_back_to_builtin_v3(tmp_path: Path, chat_template: Any) -> None:
+def test_load_falls_back_to_builtin_0905(tmp_path: Path, chat_template: Any) -> None:
     write_config(tmp_path / "ckpt", chat_template)
     loaded = load_chat_template(tmp_path / "ckpt")
-    assert loaded.name == "kimi-v3"
-    assert loaded.text == builtin_template("v3")
-    assert loaded.source == f"built-in kimi-v3 (no chat template in {tmp_path / 'ckpt'})"
+    assert loaded.name == LATEST
+    assert loaded.text == builtin_template(LATEST)
+    assert loaded.source == f"built-in {LATEST} (no chat template in {tmp_path / 'ckpt'})"
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert load_chat_template(empty).source.startswith("built-in kimi-v3 (no chat template")
+    assert load_chat_template(empty).source.startswith(f"built-in {LATEST} (no chat template")
 
 
 def test_load_errors(tmp_path: Path) -> None:
@@ -539,12 +624,12 @@ def test_render_reports_template_identity() -> None:
 @pytest.mark.parametrize("bad", ["not a list", [["nested"]], [{"role": "user"}, 3]])
 def test_bad_messages(bad: Any) -> None:
     with pytest.raises(K2Error, match="messages"):
-        render_chat(builtin_template("v3"), bad)
+        render_chat(builtin_template(LATEST), bad)
 
 
 def test_bad_tools() -> None:
     with pytest.raises(K2Error, match=r"tools\[0\]: tool must be a JSON schema object"):
-        render_chat(builtin_template("v3"), [], [print])
+        render_chat(builtin_template(LATEST), [], [print])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -581,13 +666,13 @@ message = st.one_of(
 @given(
     messages=st.lists(message, max_size=6),
     tools=st.sampled_from([None, [WEATHER_TOOL], [TIME_TOOL, WEATHER_TOOL]]),
-    generation=st.sampled_from(GENERATIONS),
+    revision=st.sampled_from(REVISION_NAMES),
     add_generation_prompt=st.booleans(),
 )
 def test_random_conversations_match(
-    messages: Messages, tools: Any, generation: str, add_generation_prompt: bool
+    messages: Messages, tools: Any, revision: str, add_generation_prompt: bool
 ) -> None:
-    template = builtin_template(generation)
+    template = builtin_template(revision)
     kwargs: dict[str, Any] = {"add_generation_prompt": add_generation_prompt}
     assert render_chat(template, messages, tools, **kwargs).text == hf_render(
         template, messages, tools, **kwargs

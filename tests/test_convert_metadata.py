@@ -289,20 +289,29 @@ def test_chat_template_pinned_from_tokenizer_config(src: Path, tmp_path: Path) -
     source_text = read(src / "tokenizer_config.json")["chat_template"]
     assert (out / "chat_template.jinja").read_text(encoding="utf-8") == source_text
     assert read(out / "tokenizer_config.json")["chat_template"] == source_text
-    assert result.chat_template["name"] == "kimi-v3"
+    assert result.chat_template["name"] == "kimi-k2-instruct-0711-tools"  # synth's 0711 default
     assert result.chat_template["source"] == str(src / "tokenizer_config.json")
     assert len(result.chat_template["sha256"]) == 64
 
 
 def test_chat_template_jinja_wins_over_config(src: Path, tmp_path: Path) -> None:
     ckpt = copy_src(src, tmp_path)
-    (ckpt / "chat_template.jinja").write_text(builtin_template("v2"), encoding="utf-8")
+    # Recognised by what it renders, so a copy with its own comment is still that revision.
+    text = "{# pinned by ops #}\n" + builtin_template("kimi-k2-instruct-0905")
+    (ckpt / "chat_template.jinja").write_text(text, encoding="utf-8")
     out = tmp_path / "out"
     result = write_metadata(ckpt, out)
-    assert result.chat_template["name"] == "kimi-v2"
+    assert result.chat_template["name"] == "kimi-k2-instruct-0905"
     assert result.chat_template["source"] == str(ckpt / "chat_template.jinja")
-    assert read(out / "tokenizer_config.json")["chat_template"] == builtin_template("v2")
-    assert (out / "chat_template.jinja").read_text(encoding="utf-8") == builtin_template("v2")
+    assert read(out / "tokenizer_config.json")["chat_template"] == text
+    assert (out / "chat_template.jinja").read_text(encoding="utf-8") == text
+
+
+def test_changed_chat_template_is_custom(src: Path, tmp_path: Path) -> None:
+    ckpt = copy_src(src, tmp_path)
+    text = builtin_template("kimi-k2-instruct-0905").replace("Moonshot AI.", "us.")
+    (ckpt / "chat_template.jinja").write_text(text, encoding="utf-8")
+    assert write_metadata(ckpt, tmp_path / "out").chat_template["name"] == "custom"
 
 
 def test_without_generation_config(src: Path, tmp_path: Path, tok: KimiTokenizer) -> None:

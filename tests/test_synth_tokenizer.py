@@ -14,6 +14,7 @@ chat_utils = pytest.importorskip("transformers.utils.chat_template_utils")
 
 from tiktoken.load import load_tiktoken_bpe  # noqa: E402
 
+from k2trt.chat.revisions import known_revision  # noqa: E402
 from k2trt.synth.sample_text import SAMPLE_TEXT  # noqa: E402
 from k2trt.synth.tokenizer import (  # noqa: E402
     KIMI_PAT_STR,
@@ -204,7 +205,7 @@ def test_tokenizer_config_top_level_fields(written: tuple[Path, TokenizerInfo]) 
     assert (cfg["bos_token"], cfg["eos_token"]) == ("[BOS]", "[EOS]")
     assert (cfg["pad_token"], cfg["unk_token"]) == ("[PAD]", "[UNK]")
     assert cfg["additional_special_tokens"][0] == "<|im_end|>"
-    assert cfg["chat_template"] == default_chat_template()
+    assert cfg["chat_template"] == default_chat_template("0711")
 
 
 def test_custom_chat_template_is_stored(tmp_path: Path) -> None:
@@ -262,30 +263,39 @@ CONVERSATION: list[dict[str, Any]] = [
     },
     {"role": "tool", "tool_call_id": "functions.get_weather:1", "content": '{"temp": 19}'},
 ]
+# Kimi-K2-Instruct's tool-calling revision (what --release 0711 writes): fixed role names,
+# tools as plain `tojson`, the client's ids, results indented by four spaces.
 EXPECTED_PROMPT = (
     "<|im_system|>tool_declare<|im_middle|>"
-    '[{"function":{"description":"Weather for a city","name":"get_weather",'
-    '"parameters":{"properties":{"city":{"type":"string"}},"type":"object"}},"type":"function"}]'
+    '[{"type": "function", "function": {"name": "get_weather", "description": "Weather for a '
+    'city", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]'
     "<|im_end|>"
     "<|im_system|>system<|im_middle|>You are Kimi, an AI assistant created by Moonshot AI."
     "<|im_end|>"
-    "<|im_user|>alice<|im_middle|>Weather in Paris?<|im_end|>"
+    "<|im_user|>user<|im_middle|>Weather in Paris?<|im_end|>"
     "<|im_assistant|>assistant<|im_middle|>Checking.<|tool_calls_section_begin|>"
     '<|tool_call_begin|>functions.get_weather:0<|tool_call_argument_begin|>{"city": "Paris"}'
     "<|tool_call_end|>"
     '<|tool_call_begin|>functions.get_weather:1<|tool_call_argument_begin|>{"city": "Lyon"}'
     "<|tool_call_end|><|tool_calls_section_end|><|im_end|>"
-    '<|im_system|>get_weather<|im_middle|>## Return of functions.get_weather:0\n{"temp": 21}'
+    '<|im_system|>tool<|im_middle|>## Return of functions.get_weather:0\n    {"temp": 21}'
     "<|im_end|>"
-    '<|im_system|>tool<|im_middle|>## Return of functions.get_weather:1\n{"temp": 19}'
+    '<|im_system|>tool<|im_middle|>## Return of functions.get_weather:1\n    {"temp": 19}'
     "<|im_end|>"
     "<|im_assistant|>assistant<|im_middle|>"
 )
+# Kimi-K2-Instruct-0905 (--release 0905): a "# Tools" heading, and names in place of roles.
+EXPECTED_0905_CHANGES = [
+    ("tool_declare<|im_middle|>[", "tool_declare<|im_middle|>\n  # Tools\n  ["),
+    ("<|im_user|>user<|im_middle|>", "<|im_user|>alice<|im_middle|>"),
+    ("<|im_system|>tool<|im_middle|>## Return of functions.get_weather:0",
+     "<|im_system|>get_weather<|im_middle|>## Return of functions.get_weather:0"),
+]  # fmt: skip
 
 
-def _render(messages: list[dict[str, Any]], **kwargs: Any) -> str:
+def _render(messages: list[dict[str, Any]], release: str = "0711", **kwargs: Any) -> str:
     rendered, _ = chat_utils.render_jinja_template(
-        conversations=[messages], chat_template=default_chat_template(), **kwargs
+        conversations=[messages], chat_template=default_chat_template(release), **kwargs
     )
     text: str = rendered[0]
     return text
@@ -293,6 +303,25 @@ def _render(messages: list[dict[str, Any]], **kwargs: Any) -> str:
 
 def test_chat_template_renders_exact_kimi_prompt() -> None:
     assert _render(CONVERSATION, tools=TOOLS, add_generation_prompt=True) == EXPECTED_PROMPT
+
+
+def test_0905_chat_template_renders_its_format() -> None:
+    expected = EXPECTED_PROMPT
+    for old, new in EXPECTED_0905_CHANGES:
+        assert expected.count(old) == 1
+        expected = expected.replace(old, new)
+    got = _render(CONVERSATION, "0905", tools=TOOLS, add_generation_prompt=True)
+    assert got == expected
+
+
+def test_default_chat_template_is_the_release_revision() -> None:
+    assert known_revision(default_chat_template()) == "kimi-k2-instruct-0711-tools"
+    assert known_revision(default_chat_template("0905")) == "kimi-k2-instruct-0905"
+
+
+def test_write_tokenizer_stores_the_release_template(tmp_path: Path) -> None:
+    write_tokenizer(tmp_path, num_merges=8, release="0905")
+    assert known_revision(_config(tmp_path)["chat_template"]) == "kimi-k2-instruct-0905"
 
 
 def test_chat_template_keeps_a_leading_system_message() -> None:

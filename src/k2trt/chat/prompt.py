@@ -70,8 +70,8 @@ def encode_chat(
 ) -> EncodedPrompt:
     """Render with the checkpoint's template and encode safely.
 
-    >>> p = encode_chat(tok, builtin_template("v3"), [{"role": "user", "content": "<|im_end|>"}])
-    ... # doctest: +SKIP
+    >>> t = builtin_template("kimi-k2-instruct-0905")  # doctest: +SKIP
+    >>> p = encode_chat(tok, t, [{"role": "user", "content": "<|im_end|>"}])  # doctest: +SKIP
     >>> tok.special_ids["<|im_end|>"] in p.ids[-8:]  # only the template's own  # doctest: +SKIP
     """
     rendered = render_chat(template, messages, tools, **render_options)

@@ -21,16 +21,13 @@ empty string that fails later (or never).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
 import re
-import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from functools import cache, lru_cache
-from importlib import resources
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +40,28 @@ import jinja2.runtime
 import jinja2.sandbox
 import jinja2.utils
 
+from k2trt.chat.revisions import DEFAULT_REVISION, builtin_template, known_revision
+from k2trt.chat.template_inputs import (
+    RenderOptions,
+    plain,
+    prepare_messages,
+    prepare_tools,
+    rewrite_tool_call_ids,
+)
 from k2trt.errors import K2Error
 
-GENERATIONS = ("v1", "v2", "v3")
-DEFAULT_GENERATION = "v3"
+__all__ = [
+    "ChatTemplate",
+    "RenderedPrompt",
+    "builtin_template",
+    "chat_template_from_text",
+    "load_chat_template",
+    "render_chat",
+    "rewrite_tool_call_ids",
+    "sha256_text",
+]
+
 _MIN_JINJA = (3, 1, 6)  # transformers' floor too: older versions have known sandbox escapes
-_REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")  # as transformers aliases them
 _INLINE = "inline"
 
 
@@ -56,9 +69,9 @@ _INLINE = "inline"
 class ChatTemplate:
     """A chat template's text and where it came from.
 
-    `name` is `kimi-v1`/`kimi-v2`/`kimi-v3` when the text is one of ours byte for byte,
-    otherwise `custom`; `source` is the file it was read from, or a phrase such as
-    `built-in kimi-v3 (no chat template in ckpt)`.
+    `name` is the published revision the text renders exactly like (`kimi-k2-instruct-0905`,
+    see `k2trt.chat.revisions`), otherwise `custom`; `source` is the file it was read from, or
+    a phrase such as `built-in kimi-k2-instruct-0905 (no chat template in ckpt)`.
     """
 
     text: str
@@ -78,44 +91,25 @@ class RenderedPrompt:
 
 
 # ---------------------------------------------------------------------------------------------
-# Built-in templates and loading
+# Loading
 
 
-def builtin_template(generation: str) -> str:
-    """The text of one of our templates: `v1`, `v2` or `v3` (`kimi-v3` works too).
-
-    >>> builtin_template("v3").startswith("{#- kimi-v3")
-    True
-    """
-    key = generation.removeprefix("kimi-")
-    if key not in GENERATIONS:
-        raise K2Error(f"unknown chat template generation {generation!r} (expected v1, v2 or v3)")
-    resource = resources.files("k2trt.chat") / "templates" / f"kimi_{key}.jinja"
-    return resource.read_text(encoding="utf-8")
-
-
-@cache
-def _builtin_names() -> dict[str, str]:
-    # sha256 -> name, so any template text (however it was loaded) is recognised as ours.
-    return {_sha256(builtin_template(g)): f"kimi-{g}" for g in GENERATIONS}
-
-
-def _sha256(text: str) -> str:
+def sha256_text(text: str) -> str:
+    """Hex sha256 of the UTF-8 text."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def chat_template_from_text(text: str, source: str = _INLINE) -> ChatTemplate:
-    """Wrap template text, naming it after a built-in when the sha256 matches.
+    """Wrap template text, naming it after the published revision it renders exactly like.
 
-    >>> chat_template_from_text(builtin_template("v2")).name
-    'kimi-v2'
+    >>> chat_template_from_text(builtin_template("kimi-k2-instruct-0711")).name
+    'kimi-k2-instruct-0711'
     """
-    digest = _sha256(text)
-    return ChatTemplate(text, _builtin_names().get(digest, "custom"), digest, source)
+    return ChatTemplate(text, known_revision(text), sha256_text(text), source)
 
 
 def load_chat_template(ckpt_dir_or_file: str | Path) -> ChatTemplate:
-    """A checkpoint's chat template, the way transformers finds it; built-in v3 if it has none.
+    """A checkpoint's chat template, the way transformers finds it; built-in 0905 if it has none.
 
     A directory is searched for `chat_template.jinja` (which transformers prefers), then
     `tokenizer_config.json`; a file may be a `.jinja` template or a JSON config.
@@ -146,7 +140,7 @@ def load_chat_template(ckpt_dir_or_file: str | Path) -> ChatTemplate:
 
 
 def _fallback(why: str) -> ChatTemplate:
-    chat = chat_template_from_text(builtin_template(DEFAULT_GENERATION))
+    chat = chat_template_from_text(builtin_template(DEFAULT_REVISION))
     return dataclasses.replace(chat, source=f"built-in {chat.name} ({why})")
 
 
@@ -304,147 +298,6 @@ def _compile(text: str, mutable: bool) -> jinja2.Template:
 
 
 # ---------------------------------------------------------------------------------------------
-# Inputs (mirrors transformers' _plain_template_data and _alias_reasoning_fields)
-
-
-def _plain(value: Any) -> Any:
-    """Rebuild `value` from plain JSON types, so the template never sees rich objects.
-
-    Same cases, same order, as transformers' `_plain_template_data`; it also makes the result
-    a deep copy, which is what keeps the caller's data safe from mutating templates.
-    """
-    if value is None or type(value) in (str, int, float, bool):
-        return value
-    if isinstance(value, str):
-        return str.__str__(value)
-    if isinstance(value, int):
-        return int.__int__(value)
-    if isinstance(value, float):
-        return float.__float__(value)
-    if isinstance(value, Mapping):
-        return {_plain(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, tuple):
-        return tuple(_plain(v) for v in value)
-    numpy = sys.modules.get("numpy")  # a numpy scalar can only exist if numpy is imported
-    if numpy is not None and isinstance(value, numpy.generic):
-        return _plain(value.item())
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if callable(getattr(value, "model_dump", None)):
-        return _plain(value.model_dump())
-    return f"<{type(value).__name__}>"
-
-
-def _alias_reasoning(message: dict[str, Any]) -> dict[str, Any]:
-    # transformers fills `reasoning_content` (and `thinking`) from whichever name was given.
-    reasoning = next((message[k] for k in _REASONING_FIELDS if message.get(k) is not None), None)
-    if reasoning is None:
-        return message
-    return {"thinking": reasoning, **message, "reasoning_content": reasoning}
-
-
-def rewrite_tool_call_ids(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """A copy of `messages` with Moonshot-style tool-call ids, as Moonshot's API assigns them.
-
-    Every assistant tool call, in order, becomes `functions.NAME:IDX` (IDX counts calls across
-    the whole conversation); a tool message's `tool_call_id` follows the latest call that had
-    its old id. Ids that match no call are left alone.
-
-    >>> msgs = [{"role": "assistant", "content": "", "tool_calls": [
-    ...     {"id": "c1", "function": {"name": "f", "arguments": "{}"}}]},
-    ...     {"role": "tool", "tool_call_id": "c1", "content": "ok"}]
-    >>> [m.get("tool_call_id") for m in rewrite_tool_call_ids(msgs)]
-    [None, 'functions.f:0']
-    """
-    out = [dict(m) for m in copy.deepcopy(list(messages))]
-    _rewrite_ids_in_place(out)
-    return out
-
-
-def _rewrite_ids_in_place(messages: list[dict[str, Any]]) -> None:
-    latest: dict[str, str] = {}  # old id -> new id of the most recent call that used it
-    counter = 0
-    for i, message in enumerate(messages):
-        role = message.get("role")
-        if role == "assistant":
-            for j, call in enumerate(message.get("tool_calls") or ()):
-                where = f"messages[{i}].tool_calls[{j}]"
-                if not isinstance(call, dict):
-                    raise K2Error("tool call must be an object", path=where)
-                new_id = f"functions.{_call_name(call, where)}:{counter}"
-                counter += 1
-                if isinstance(call.get("id"), str):
-                    latest[call["id"]] = new_id
-                call["id"] = new_id
-        elif role == "tool" and message.get("tool_call_id") in latest:
-            message["tool_call_id"] = latest[message["tool_call_id"]]
-
-
-def _call_name(call: dict[str, Any], where: str) -> str:
-    function = call.get("function", call)
-    name = function.get("name") if isinstance(function, dict) else None
-    if not isinstance(name, str) or not name:
-        raise K2Error("tool call has no function name", path=f"{where}.function.name")
-    return name
-
-
-def _flatten_text_parts(content: Any) -> Any:
-    # Only all-text lists are joined: anything else is the template's business.
-    if isinstance(content, list) and all(
-        isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-        for p in content
-    ):
-        return "".join(p["text"] for p in content)
-    return content
-
-
-@dataclasses.dataclass(frozen=True)
-class _Options:
-    rewrite_tool_ids: bool
-    drop_none: bool
-    flatten_content: bool
-    drop_names: bool
-
-
-def _prepare_messages(messages: Sequence[Any], opts: _Options) -> list[dict[str, Any]]:
-    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
-        raise K2Error("messages must be a list of message objects", path="messages")
-    chat = _plain(list(messages))
-    for i, message in enumerate(chat):
-        if not isinstance(message, dict):
-            raise K2Error(
-                f"message must be an object, got {type(message).__name__}", path=f"messages[{i}]"
-            )
-    if opts.drop_none:  # apply_chat_template: APIs send content=None, templates expect no key
-        chat = [{k: v for k, v in m.items() if v is not None} for m in chat]
-    if opts.drop_names:
-        chat = [{k: v for k, v in m.items() if k != "name"} for m in chat]
-    if opts.flatten_content:
-        chat = [
-            {**m, "content": _flatten_text_parts(m["content"])} if "content" in m else m
-            for m in chat
-        ]
-    if opts.rewrite_tool_ids:
-        _rewrite_ids_in_place(chat)
-    return [_alias_reasoning(m) for m in chat]
-
-
-def _prepare_tools(tools: Sequence[Any] | None) -> list[Any] | None:
-    if tools is None:
-        return None
-    if isinstance(tools, (str, bytes)) or not isinstance(tools, Sequence):
-        raise K2Error("tools must be a list of tool objects", path="tools")
-    for i, tool in enumerate(tools):
-        # transformers also turns Python functions into schemas; that needs transformers.
-        if not isinstance(tool, Mapping):
-            raise K2Error("tool must be a JSON schema object", path=f"tools[{i}]")
-    result: list[Any] = _plain(list(tools))
-    return result
-
-
-# ---------------------------------------------------------------------------------------------
 # Rendering
 
 
@@ -469,30 +322,115 @@ def render_chat(
     `drop_names` (drop `name`, which Kimi prints in place of the role). `extra` reaches the
     template as variables (transformers also passes the tokenizer's special tokens this way).
 
-    >>> render_chat(builtin_template("v3"), [{"role": "user", "content": "hi"}]).text[-78:]
+    A template that fails on a conversation is reported in one line naming the message and
+    field it could not render (`messages[2].tool_calls[0]: chat template ... cannot render
+    this: ...`), found by rendering shorter conversations; `tools` when only the tools fail.
+
+    >>> t = builtin_template("kimi-k2-instruct-0905")
+    >>> render_chat(t, [{"role": "user", "content": "hi"}]).text[-78:]
     '<|im_user|>user<|im_middle|>hi<|im_end|><|im_assistant|>assistant<|im_middle|>'
     """
     chat = template if isinstance(template, ChatTemplate) else chat_template_from_text(template)
-    opts = _Options(rewrite_tool_ids, drop_none, flatten_content, drop_names)
+    opts = RenderOptions(rewrite_tool_ids, drop_none, flatten_content, drop_names)
 
-    def context() -> dict[str, Any]:
-        # Built afresh for every attempt: a mutating template must start from clean copies.
-        return {
-            "messages": _prepare_messages(messages, opts),
-            "tools": _prepare_tools(tools),
-            "documents": _plain(None if documents is None else list(documents)),
-            "add_generation_prompt": add_generation_prompt,
-            **_plain(extra),
-        }
+    def attempt(some_messages: Sequence[Any], some_tools: Sequence[Any] | None) -> RenderedPrompt:
+        def context() -> dict[str, Any]:
+            # Built afresh for every attempt: a mutating template must start from clean copies.
+            return {
+                "messages": prepare_messages(some_messages, opts),
+                "tools": prepare_tools(some_tools),
+                "documents": plain(None if documents is None else list(documents)),
+                "add_generation_prompt": add_generation_prompt,
+                **plain(extra),
+            }
+
+        try:
+            text = _render(chat, context(), mutable=False)
+            mutating = False
+        except jinja2.exceptions.SecurityError:
+            # Either list mutation (allowed below) or real unsafe access (refused below too).
+            text = _render(chat, context(), mutable=True)
+            mutating = True
+        return RenderedPrompt(text, mutating, chat.name, chat.sha256)
 
     try:
-        text = _render(chat, context(), mutable=False)
-        mutating = False
-    except jinja2.exceptions.SecurityError:
-        # Either list mutation (allowed below) or real unsafe access (refused below too).
-        text = _render(chat, context(), mutable=True)
-        mutating = True
-    return RenderedPrompt(text, mutating, chat.name, chat.sha256)
+        return attempt(messages, tools)
+    except _RenderFailed as exc:
+        where = _blame(lambda m, t: _fails(attempt, m, t), list(messages), tools)
+        if where is None:
+            raise
+        message = f"chat template {chat.name} cannot render this: {exc.detail}"
+        raise K2Error(message, path=where) from exc
+
+
+class _RenderFailed(K2Error):
+    """The template compiled but failed on these inputs (not a syntax or sandbox refusal)."""
+
+    def __init__(self, message: str, *, path: str | None, detail: str) -> None:
+        super().__init__(message, path=path)
+        self.detail = detail
+
+
+def _fails(
+    attempt: Callable[[Sequence[Any], Sequence[Any] | None], RenderedPrompt],
+    messages: Sequence[Any],
+    tools: Sequence[Any] | None,
+) -> bool:
+    try:
+        attempt(messages, tools)
+    except K2Error:
+        return True
+    return False
+
+
+_Fails = Callable[[list[Any], Sequence[Any] | None], bool]
+
+
+def _blame(fails: _Fails, messages: list[Any], tools: Sequence[Any] | None) -> str | None:
+    """Where a failed rendering goes wrong: `tools`, `messages[i]...`, or None if unclear."""
+    if tools and not (fails(messages, []) and fails(messages, None)):
+        return "tools"
+    if fails([], tools):
+        return None
+    ok, bad = 0, len(messages)  # the shortest failing prefix lies in (ok, bad]
+    while bad - ok > 1:
+        mid = (ok + bad) // 2
+        ok, bad = (ok, mid) if fails(messages[:mid], tools) else (mid, bad)
+    i = bad - 1
+    head = messages[:i]
+    return _narrow(messages[i], f"messages[{i}]", lambda m: fails([*head, m], tools))
+
+
+def _narrow(value: Any, path: str, fails_as: Callable[[Any], bool], depth: int = 3) -> str:
+    """Descend into the part of `value` without which it renders (role last: it steers)."""
+    if depth == 0 or not isinstance(value, (dict, list)) or not value:
+        return path
+    if isinstance(value, dict):
+        keys: list[Any] = sorted(value, key=lambda k: k == "role")
+    else:
+        keys = list(range(len(value)))
+    for key in keys:
+        if fails_as(_without(value, key)):
+            continue
+        child = f"{path}.{key}" if isinstance(value, dict) else f"{path}[{key}]"
+
+        def fails_inside(new: Any, key: Any = key) -> bool:
+            return fails_as(_replaced(value, key, new))
+
+        return _narrow(value[key], child, fails_inside, depth - 1)
+    return path
+
+
+def _without(value: dict[Any, Any] | list[Any], key: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: v for k, v in value.items() if k != key}
+    return value[:key] + value[key + 1 :]
+
+
+def _replaced(value: dict[Any, Any] | list[Any], key: Any, new: Any) -> Any:
+    if isinstance(value, dict):
+        return {**value, key: new}
+    return [new if j == key else v for j, v in enumerate(value)]
 
 
 def _render(chat: ChatTemplate, context: dict[str, Any], *, mutable: bool) -> str:
@@ -506,7 +444,9 @@ def _render(chat: ChatTemplate, context: dict[str, Any], *, mutable: bool) -> st
     except jinja2.TemplateSyntaxError as exc:
         raise _template_error(chat, f"line {exc.lineno}: {exc.message}") from exc
     except (jinja2.TemplateError, TypeError, ValueError, LookupError) as exc:
-        raise _template_error(chat, f"{type(exc).__name__}: {exc}") from exc
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())
+        error = _template_error(chat, detail)
+        raise _RenderFailed(error.message, path=error.path, detail=detail) from exc
 
 
 def _template_error(chat: ChatTemplate, detail: str) -> K2Error:

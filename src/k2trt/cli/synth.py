@@ -23,7 +23,10 @@ def command(
         "sizes (7168, 2048, 18432, MLA ranks) with few layers/experts.",
     ),
     release: str = typer.Option(
-        "0711", "--release", help="0711 (YaRN x32, unpadded shard names) or 0905 (x64, padded)."
+        "0711",
+        "--release",
+        help="0711 (YaRN x32, unpadded shard names, Kimi-K2-Instruct's tool-calling chat "
+        "template) or 0905 (x64, padded, Kimi-K2-Instruct-0905's template).",
     ),
     layers: int = typer.Option(None, "--layers", help="Decoder layers (layer 0 dense, rest MoE)."),
     experts: int = typer.Option(None, "--experts", help="Routed experts per MoE layer."),

@@ -105,7 +105,7 @@ class MetadataResult:
     config: dict[str, Any]  # the config.json written
     changes: list[ConfigChange]
     files: list[str]  # file names written into out (sorted)
-    chat_template: dict[str, str]  # {"name": "kimi-v3" | "custom" | ..., "sha256", "source"}
+    chat_template: dict[str, str]  # name (revision it renders like, or "custom"), sha256, source
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,7 +306,7 @@ def write_metadata(
     >>> write_metadata(Path("Kimi-K2-Instruct"), Path("out.partial"), kv_cache_fp8=True)  # doctest: +SKIP
     """  # noqa: E501
     src, out = Path(src), Path(out)
-    raw = read_json(src / "config.json", "config")
+    raw = read_json(src / "config.json", "config", root=src)
     config, changes = normalize_config(
         raw, dtype=dtype, overrides=config_overrides, path=src / "config.json"
     )
@@ -341,7 +341,7 @@ def _source_generation(src: Path) -> dict[str, Any]:
     path = src / "generation_config.json"
     if not path.exists():
         return {}
-    data = read_json(path, "generation config")
+    data = read_json(path, "generation config", root=src)
     if not isinstance(data, dict):
         raise K2Error("generation config must be a JSON object", path=path)
     return data

@@ -120,7 +120,7 @@ def write_checkpoint(
     >>> write_checkpoint(Path("tiny"), SynthOptions(preset="tiny", seed=0))  # doctest: +SKIP
     """
     with atomic_dir(out, force=force) as tmp:
-        tok = write_tokenizer(tmp)
+        tok = write_tokenizer(tmp, release=opts.release)
         raw_cfg = synth_config(opts, tok.vocab_size, tok.bos_token_id, tok.eos_token_id)
         cfg = ModelConfig.from_dict(raw_cfg)
         plan = plan_shards(cfg, opts.release)

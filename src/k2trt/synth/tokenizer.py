@@ -184,11 +184,15 @@ def train_byte_bpe(text: str, num_merges: int) -> tuple[bytes, ...]:
     return tuple(ranks)
 
 
-def default_chat_template() -> str:
-    """The chat template synthetic checkpoints carry: our built-in Kimi v3 template."""
-    from k2trt.chat.template import builtin_template
+def default_chat_template(release: str = "0711") -> str:
+    """The chat template a synthetic checkpoint of `release` carries: the real format's.
 
-    return builtin_template("v3")
+    0711: Kimi-K2-Instruct's current (tool-calling) revision; 0905: Kimi-K2-Instruct-0905's.
+    Our own text, rendering byte for byte like Moonshot's (see `k2trt.chat.revisions`).
+    """
+    from k2trt.chat.revisions import release_template
+
+    return release_template(release)
 
 
 def _tiktoken_model_bytes(tokens: tuple[bytes, ...]) -> bytes:
@@ -229,16 +233,20 @@ def _tokenizer_config(num_base_tokens: int, chat_template: str) -> dict[str, Any
 
 
 def write_tokenizer(
-    out: Path, *, num_merges: int = 1024, chat_template: str | None = None
+    out: Path,
+    *,
+    num_merges: int = 1024,
+    chat_template: str | None = None,
+    release: str = "0711",
 ) -> TokenizerInfo:
     """Write tiktoken.model and tokenizer_config.json into `out`; return the ids.
 
     Output is a pure function of the arguments: same inputs, byte-identical files.
-    `chat_template=None` stores :func:`default_chat_template`.
+    `chat_template=None` stores :func:`default_chat_template` of `release`.
     """
     tokens = train_byte_bpe(SAMPLE_TEXT, num_merges)
     num_base = len(tokens)
-    template = default_chat_template() if chat_template is None else chat_template
+    template = default_chat_template(release) if chat_template is None else chat_template
     config = _tokenizer_config(num_base, template)
     out.mkdir(parents=True, exist_ok=True)
     (out / "tiktoken.model").write_bytes(_tiktoken_model_bytes(tokens))
