@@ -53,3 +53,32 @@ def test_any_id_chunking_gives_the_same_result(tok: KimiTokenizer, sizes: list[i
     assert "\ufffd" not in content  # no character ever split across deltas
     assert stream.result() == parse_tool_calls(OUTPUT.removesuffix("<|im_end|>"))
     assert content == stream.result().content
+
+
+def _run(tok: KimiTokenizer, ids: list[int]) -> tuple[str, OutputStream]:
+    stream, content = OutputStream(tok), ""
+    for i in ids:
+        content += "".join(e.text for e in stream.feed([i]) if isinstance(e, ContentDelta))
+    content += "".join(e.text for e in stream.finish() if isinstance(e, ContentDelta))
+    return content, stream
+
+
+def test_marker_typed_as_plain_text_at_the_end_is_content(tok: KimiTokenizer) -> None:
+    """Markers are single special tokens: marker-like text the model spells out is text."""
+    ids = tok.encode("Use <|tool_call_beg")  # plain tokens, never the special id
+    assert not set(ids) & set(tok.special_ids.values())
+    content, stream = _run(tok, ids)
+    assert content == stream.result().content == "Use <|tool_call_beg"
+    assert stream.result().errors == []
+
+
+def test_noise_between_marker_ids_is_dropped_and_noted(tok: KimiTokenizer) -> None:
+    text = (
+        "Hi<|tool_calls_section_begin|> stray words <|tool_call_begin|>functions.f:0"
+        "<|tool_call_argument_begin|>{}<|tool_call_end|><|tool_calls_section_end|>"
+    )
+    content, stream = _run(tok, tok.encode_with_specials(text))
+    result = stream.result()
+    assert content == result.content == "Hi"
+    assert [c.name for c in result.tool_calls] == ["f"]
+    assert result.errors == ["text outside any call in a tool-call section dropped: 'stray words '"]

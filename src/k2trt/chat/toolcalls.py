@@ -7,18 +7,25 @@ Kimi K2 writes tool calls between special-token markers after any plain text::
 
 `ToolCallParser.feed` takes detokenized text in pieces of any size and returns events at once;
 a non-streaming parse (`parse_tool_calls`) is one big `feed` then `finish`, so streamed and
-whole results are the same by construction. Rules, stated once:
+whole results are the same by construction. Rules, stated once (where upstream parsers agree,
+we follow them; tests/test_toolcalls_upstream.py holds their cases and our differences):
 
-- content is the text outside tool-call sections, verbatim (text before the section and after
-  its end). Text inside a section but outside a call is dropped if it is whitespace, otherwise
-  it is content, released when the next marker (or the end) shows where it stops.
-- markers never reach content or arguments. A delta ending in a possible marker prefix (`<`,
-  `<|tool_ca`) holds back only that tail; once it proves not to be a marker it is released.
-  At `finish`, a held tail starting `<|` is a marker cut off by max_tokens: dropped, noted.
+- content is the text outside tool-call sections, verbatim: before the section and after its
+  end. Text inside a section but outside any call is dropped; when it is not whitespace, the
+  drop is noted in `errors` (every upstream parser drops it; vLLM's tests came from leaks of
+  such noise into content).
+- markers never reach content, ids, names or arguments. A delta ending in a possible marker
+  prefix (`<`, `<|tool_ca`) holds back only that tail; once it proves not to be a marker it is
+  released. At `finish` the held tail is literal text (markers are single special tokens, so
+  a partial marker is never a cut-off one) and goes where the text around it goes.
+- removing a marker never joins the text around it into a marker string (`SeamGuard`): the
+  completing text is dropped and noted.
 - the singular `<|tool_call_section_begin|>` / `_end|>` variants count as section markers;
-  `<|tool_call_begin|>` outside a section opens one implicitly (noted in `errors`).
+  `<|tool_call_begin|>` outside a section opens a call that ends back in content (noted).
 - a call's id is the text between `<|tool_call_begin|>` and `<|tool_call_argument_begin|>`,
-  stripped of surrounding whitespace; its name comes from `name_from_id`.
+  stripped of surrounding whitespace. `functions.NAME:IDX` names NAME. `NAME:IDX` (as vLLM,
+  SGLang and TensorRT-LLM accept) is kept as a call to NAME and noted; any other id is no call:
+  the call is dropped and noted (as every upstream parser and Moonshot's extractor do).
 - arguments stream as they arrive, with leading and trailing whitespace removed (trailing
   whitespace is held back until more non-space text follows); JSON is checked once, at the end.
 - a call cut off by a new call, a section end, or the end of output is reported with
@@ -26,8 +33,8 @@ whole results are the same by construction. Rules, stated once:
   noted in `errors`.
 - `tools=None` means nothing is checked: every call counts as declared.
 
-Each feed costs O(len(delta)) amortized: the held-back tail is shorter than the longest
-marker, and accumulated text is kept as lists of pieces, joined once.
+Each feed costs O(len(delta)) amortized: the held-back tails are shorter than the longest
+marker, accumulated text is kept as lists of pieces, joined once, and dropped text is not kept.
 """
 
 from __future__ import annotations
@@ -38,11 +45,19 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Literal, TypeAlias
 
+from k2trt.chat.toolcall_text import MARKERS as MARKERS
+from k2trt.chat.toolcall_text import (
+    MAX_MARKER,
+    PREFIXES,
+    SeamGuard,
+    parse_call_id,
+    preview,
+)
 from k2trt.errors import K2Error
 
 # Bumped whenever the parser's output for some input changes: releases record it, and their
 # notes say when it moved (a served answer can change with it).
-PARSER_VERSION = "kimi-toolcalls/1"
+PARSER_VERSION = "kimi-toolcalls/2"
 
 UndeclaredPolicy = Literal["keep", "drop", "error"]
 
@@ -71,11 +86,8 @@ _MARKER_KINDS: dict[str, _Kind] = {
     "<|tool_call_argument_begin|>": _Kind.ARG_BEGIN,
     "<|tool_call_end|>": _Kind.CALL_END,
 }
-MARKERS: tuple[str, ...] = tuple(_MARKER_KINDS)
-_MAX_MARKER = max(len(m) for m in MARKERS)
-# Every marker ends in "|>" and has no "|>" inside, so no marker is a prefix of another and a
-# candidate can be cut at its first "|>". Proper prefixes are what a delta may end with.
-_PREFIXES = frozenset(m[:k] for m in MARKERS for k in range(1, len(m)))
+_MAX_ID = 256  # longer ids are no ids: the rest is not kept
+_GAP_PREVIEW = 60  # how much dropped section text an error quotes (the rest is not kept)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,29 +158,10 @@ class _Call:
     declared: bool
     pieces: list[str] = field(default_factory=list)
     held_ws: list[str] = field(default_factory=list)  # trailing whitespace not yet released
+    guard: SeamGuard = field(default_factory=SeamGuard)
     started: bool = False  # first non-space argument text seen
     complete: bool = False
     valid_json: bool = False
-
-
-def name_from_id(call_id: str) -> str:
-    """The function name inside a Kimi call id: between `functions.` and the last `:IDX`.
-
-    Ids missing either part keep what is there, so a bare or truncated id still names a tool.
-
-    >>> name_from_id("functions.x.y-z_w:1")
-    'x.y-z_w'
-    >>> name_from_id("get_weather")
-    'get_weather'
-    """
-    name = call_id.strip()
-    if name.startswith("functions."):
-        name = name[len("functions.") :]
-    head, sep, idx = name.rpartition(":")
-    # "" covers an id cut off right after its colon.
-    if sep and (idx == "" or (idx.isascii() and idx.isdigit())):
-        name = head
-    return name.strip()
 
 
 def _tool_names(tools: Sequence[Mapping[str, Any]] | None) -> frozenset[str] | None:
@@ -216,10 +209,12 @@ class ToolCallParser:
         self._tail = ""  # a possible marker prefix held back from the last delta
         self._out: list[Event] = []  # events of the feed in progress
         self._content: list[str] = []
-        self._gap: list[str] = []  # section text between calls, pending a verdict
-        self._gap_has_text = False
+        self._content_guard = SeamGuard()
+        self._gap = ""  # the start of non-space section text between calls (it is dropped)
         self._id: list[str] = []
+        self._id_len = 0
         self._call: _Call | None = None  # the open call, if kept
+        self._implicit = False  # the open call began outside a section: none to return to
         self._calls: list[_Call] = []
         self._errors: list[str] = []
         self._finished = False
@@ -239,7 +234,7 @@ class ToolCallParser:
         return self._out
 
     def finish(self) -> list[Event]:
-        """End of generation: release held text and close any open call as incomplete.
+        """End of generation: the held tail is literal text; open calls close as incomplete.
 
         >>> ToolCallParser().finish()
         []
@@ -248,16 +243,15 @@ class ToolCallParser:
             return []
         self._out = []
         tail, self._tail = self._tail, ""
-        if tail.startswith("<|"):
-            self._errors.append(f"output ended inside a marker {tail!r}; dropped")
-        else:
-            self._route(tail)
+        self._route(tail)  # a partial marker is text: markers are single tokens
         if self._state in (_State.CALL_ID, _State.ARGS):
             self._close_open("output ended inside it")
         if self._state is _State.SECTION:
-            self._flush_gap()
+            self._end_gap()
             self._errors.append("tool-call section not closed")
         self._state = _State.CONTENT
+        if held := self._content_guard.flush():
+            self._add_content(held)
         self._finished = True
         return self._out
 
@@ -288,13 +282,13 @@ class ToolCallParser:
                 self._route(buf[pos:end])
                 self._tail = buf[end:]
                 return
-            k = buf.find("|>", j + 2, j + _MAX_MARKER)
+            k = buf.find("|>", j + 2, j + MAX_MARKER)
             kind = _MARKER_KINDS.get(buf[j : k + 2]) if k >= 0 else None
             if kind is not None:
                 self._route(buf[pos:j])
                 self._marker(kind)
                 pos = search = k + 2
-            elif k < 0 and n - j < _MAX_MARKER and buf[j:] in _PREFIXES:
+            elif k < 0 and n - j < MAX_MARKER and buf[j:] in PREFIXES:
                 self._route(buf[pos:j])
                 self._tail = buf[j:]
                 return
@@ -308,16 +302,29 @@ class ToolCallParser:
         if state is _State.CONTENT:
             self._emit_content(text)
         elif state is _State.SECTION:
-            self._gap.append(text)
-            self._gap_has_text = self._gap_has_text or not text.isspace()
+            if len(self._gap) <= _GAP_PREVIEW and (self._gap or not text.isspace()):
+                piece = text if self._gap else text.lstrip()
+                self._gap += piece[: _GAP_PREVIEW + 1 - len(self._gap)]
         elif state is _State.CALL_ID:
-            self._id.append(text)
+            if self._id_len <= _MAX_ID:
+                self._id.append(text[: _MAX_ID + 1 - self._id_len])
+            self._id_len += len(text)
         elif self._call is not None:
             self._args_text(self._call, text)
 
     def _emit_content(self, text: str) -> None:
+        safe, formed = self._content_guard.push(text)
+        self._note_formed(formed)
+        if safe:
+            self._add_content(safe)
+
+    def _add_content(self, text: str) -> None:
         self._content.append(text)
         self._out.append(ContentDelta(text))
+
+    def _note_formed(self, formed: list[str]) -> None:
+        for marker in formed:
+            self._errors.append(f"text around removed markers formed {marker!r}; dropped")
 
     def _args_text(self, call: _Call, text: str) -> None:
         """Append argument text, stripping outer whitespace without looking back."""
@@ -332,31 +339,43 @@ class ToolCallParser:
             return
         body = "".join(call.held_ws) + stripped if call.held_ws else stripped
         call.held_ws = [text[len(stripped) :]] if len(stripped) < len(text) else []
-        call.pieces.append(body)
-        self._out.append(ToolCallArgumentsDelta(call.index, body))
+        safe, formed = call.guard.push(body)
+        self._note_formed(formed)
+        self._add_args(call, safe)
 
-    def _flush_gap(self) -> None:
-        if self._gap_has_text:
-            self._emit_content("".join(self._gap))
-        self._gap = []
-        self._gap_has_text = False
+    def _add_args(self, call: _Call, text: str) -> None:
+        if text:
+            call.pieces.append(text)
+            self._out.append(ToolCallArgumentsDelta(call.index, text))
+
+    def _end_gap(self) -> None:
+        if self._gap:
+            self._errors.append(
+                "text outside any call in a tool-call section dropped: "
+                + preview(self._gap, _GAP_PREVIEW)
+            )
+        self._gap = ""
 
     # -- markers ----------------------------------------------------------------------------
 
     def _marker(self, kind: _Kind) -> None:
         state = self._state
+        self._content_guard.seam()  # the marker is removed: text around it must not join
+        if self._call is not None:
+            self._call.guard.seam()
         in_call = state in (_State.CALL_ID, _State.ARGS)
         if kind is _Kind.CALL_BEGIN:
             if in_call:
                 self._close_open("a new call began first")
-            elif state is _State.CONTENT:
+            if self._state is _State.CONTENT:
                 self._errors.append("tool call outside a tool-call section")
-            self._flush_gap()
+                self._implicit = True
+            self._end_gap()
             self._state = _State.CALL_ID
         elif kind is _Kind.SECTION_END and state is not _State.CONTENT:
             if in_call:
                 self._close_open("the section ended first")
-            self._flush_gap()
+            self._end_gap()
             self._state = _State.CONTENT
         elif kind is _Kind.SECTION_BEGIN and state is _State.CONTENT:
             self._state = _State.SECTION
@@ -367,20 +386,28 @@ class ToolCallParser:
             if state is _State.CALL_ID:
                 self._start_call()  # a call with no argument marker: empty arguments
             self._end_call(complete=True)
-            self._state = _State.SECTION
+            self._state = self._after_call()
         else:
             self._errors.append(f"stray {kind.value} marker in {state.value} dropped")
 
     def _start_call(self) -> None:
         call_id = "".join(self._id).strip()
-        self._id = []
-        name = name_from_id(call_id)
+        too_long, self._id, self._id_len = self._id_len > _MAX_ID, [], 0
+        parsed = None if too_long else parse_call_id(call_id)
+        if parsed is None:
+            self._errors.append(
+                f"call id {preview(call_id)} is not functions.NAME:IDX; call dropped"
+            )
+            return  # no _call: its text is parsed and discarded
+        name, prefixed = parsed
+        if not prefixed:
+            self._errors.append(f"call id {call_id!r} lacks 'functions.'; kept as {name!r}")
         declared = self._declared_names is None or name in self._declared_names
         if not declared and self._policy == "error":
             raise K2Error(f"model called undeclared tool {name!r} (call id {call_id!r})")
         if not declared and self._policy == "drop":
             self._errors.append(f"dropped call {call_id!r} to undeclared tool {name!r}")
-            return  # no _call: its text is parsed and discarded
+            return
         call = _Call(len(self._calls), call_id, name, declared)
         self._calls.append(call)
         self._call = call
@@ -390,6 +417,7 @@ class ToolCallParser:
         call, self._call = self._call, None
         if call is None:
             return
+        self._add_args(call, call.guard.flush())
         arguments = "".join(call.pieces)
         call.pieces = [arguments] if arguments else []
         call.held_ws = []
@@ -404,7 +432,12 @@ class ToolCallParser:
         if self._call is not None:
             self._errors.append(f"tool call {self._call.id!r} not terminated: {why}")
         self._end_call(complete=False)
-        self._state = _State.SECTION
+        self._state = self._after_call()
+
+    def _after_call(self) -> _State:
+        """Back to the section, or to content when the call opened none."""
+        implicit, self._implicit = self._implicit, False
+        return _State.CONTENT if implicit else _State.SECTION
 
 
 def parse_tool_calls(
