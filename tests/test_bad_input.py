@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
+import signal
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from cli_run import run
 from k2trt.checkpoint.reader import INDEX_NAME
 from k2trt.checkpoint.safetensors import ShardWriter
 from k2trt.cli.app import main
@@ -576,3 +580,273 @@ def test_moe_layer_freq_zero(capsys: pytest.CaptureFixture[str], ckpt: Path) -> 
 def test_eos_token_id_list_of_str(capsys: pytest.CaptureFixture[str], ckpt: Path) -> None:
     _edit_config(ckpt, lambda c: c.update(eos_token_id=[1, "a"]))
     assert_named_error(inspect(capsys, ckpt), ckpt / "config.json", "'eos_token_id'")
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 14: escaped exceptions, hangs, special files, wrong input accepted, uncapped lines.
+
+
+@contextmanager
+def deadline(seconds: int = 20) -> Iterator[None]:
+    """Fail (instead of hanging the suite) when the body blocks, e.g. in open() on a FIFO."""
+
+    def expire(*_: object) -> None:
+        raise TimeoutError(f"blocked for {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def test_header_dtype_that_is_a_list_or_object(capsys: pytest.CaptureFixture[str], ckpt: Path):
+    for bad in (["F32"], {"x": 1}):
+
+        def retype(h: dict[str, Any], bad: Any = bad) -> None:
+            h[KV_B_SCALE]["dtype"] = bad
+
+        edit_header(ckpt / S1, retype)
+        assert_error(inspect(capsys, ckpt), ckpt / S1, f"tensor {KV_B_SCALE!r}: unknown dtype")
+
+
+@pytest.mark.parametrize("bad", [[], "x", 1, {"k": 1}, {"k": None}])
+def test_header_metadata_must_map_strings_to_strings(
+    capsys: pytest.CaptureFixture[str], ckpt: Path, bad: Any
+) -> None:
+    edit_header(ckpt / S2, lambda h: h.update(__metadata__=bad))
+    assert_error(inspect(capsys, ckpt), ckpt / S2, "__metadata__ must map strings to strings")
+
+
+def test_header_metadata_null_is_accepted_as_safetensors_does(
+    capsys: pytest.CaptureFixture[str], ckpt: Path
+) -> None:
+    edit_header(ckpt / S2, lambda h: h.update(__metadata__=None))
+    code, _, err = inspect(capsys, ckpt)
+    assert (code, err) == (0, "")
+
+
+def test_deeply_nested_json_everywhere(capsys: pytest.CaptureFixture[str], ckpt: Path) -> None:
+    index = load_index(ckpt)
+    (ckpt / INDEX_NAME).write_text(
+        json.dumps(index)[:-1] + f', "deep": {_nested(1000)}}}', encoding="utf-8"
+    )
+    assert_error(inspect(capsys, ckpt), ckpt / INDEX_NAME, "field 'deep' is nested deeper than")
+    save_index(ckpt, index)
+    edit_header(ckpt / S1, lambda h: h.update(__metadata__={"a": "b"}))
+    raw = (ckpt / S1).read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = raw[8 : 8 + n].rstrip(b" ")[:-1] + b', "x": ' + _nested(1000).encode() + b"}"
+    header += b" " * (-len(header) % 8)
+    (ckpt / S1).write_bytes(struct.pack("<Q", len(header)) + header + raw[8 + n :])
+    assert_error(inspect(capsys, ckpt), ckpt / S1, "field 'x' is nested deeper than 128 levels")
+
+
+def test_deeply_nested_config_json(capsys: pytest.CaptureFixture[str], ckpt: Path) -> None:
+    text = (ckpt / "config.json").read_text()
+    for depth in (200, 5000):  # under and over the parser's own recursion limit
+        (ckpt / "config.json").write_text(text.rstrip()[:-1] + f', "extra": {_nested(depth)}}}')
+        assert_error(inspect(capsys, ckpt), ckpt / "config.json", "field 'extra' is nested")
+
+
+def test_huge_integer_in_config(capsys: pytest.CaptureFixture[str], ckpt: Path) -> None:
+    text = (ckpt / "config.json").read_text()
+    cfg = json.loads(text)
+    for digits in (400, 5000):
+        (ckpt / "config.json").write_text(
+            text.replace(f'"hidden_size": {cfg["hidden_size"]}', f'"hidden_size": 1{"0" * digits}')
+        )
+        line = assert_error(inspect(capsys, ckpt), ckpt / "config.json")
+        assert len(line) < 300
+        assert "hidden_size" in line or "4300 digits" in line, line
+
+
+@pytest.mark.parametrize(
+    "field", ["num_hidden_layers", "n_routed_experts", "num_nextn_predict_layers"]
+)
+def test_billion_layers_or_experts_refused_fast(
+    capsys: pytest.CaptureFixture[str], ckpt: Path, field: str
+) -> None:
+    _edit_config(ckpt, lambda c: c.update({field: 10**9}))
+    with deadline(20):
+        line = assert_error(inspect(capsys, ckpt), ckpt / "config.json", f"field {field!r}")
+        assert "must be at most" in line
+        code, _, err = run(capsys, "plan", str(ckpt / "config.json"), "--gpus", "H200x8")
+    assert code == 2 and f"field {field!r} must be at most" in err, err
+
+
+@pytest.mark.parametrize("value", ["0", "NaN", "Infinity", "-Infinity", "-1.5"])
+def test_rope_theta_must_be_positive_and_finite(
+    capsys: pytest.CaptureFixture[str], ckpt: Path, value: str
+) -> None:
+    text = (ckpt / "config.json").read_text()
+    theta = json.loads(text)["rope_theta"]
+    (ckpt / "config.json").write_text(
+        text.replace(f'"rope_theta": {json.dumps(theta)}', f'"rope_theta": {value}')
+    )
+    assert_error(inspect(capsys, ckpt), ckpt / "config.json", "field 'rope_theta' must be")
+
+
+def test_llama_config_is_named_unsupported(capsys: pytest.CaptureFixture[str], ckpt: Path):
+    llama = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096}
+    (ckpt / "config.json").write_text(json.dumps(llama))
+    line = assert_error(inspect(capsys, ckpt), ckpt / "config.json", "field 'model_type'")
+    assert "'llama' is not a supported architecture" in line
+    assert "moe_intermediate_size" not in line
+
+
+@pytest.mark.parametrize("name", ["config.json", INDEX_NAME])
+def test_fifo_in_place_of_a_json_file(
+    capsys: pytest.CaptureFixture[str], ckpt: Path, name: str
+) -> None:
+    (ckpt / name).unlink()
+    os.mkfifo(ckpt / name)
+    with deadline(20):
+        assert_error(inspect(capsys, ckpt), ckpt / name, "is a FIFO, not a regular file")
+
+
+def test_fifo_or_dev_zero_as_a_shard(capsys: pytest.CaptureFixture[str], ckpt: Path) -> None:
+    (ckpt / S2).unlink()
+    os.mkfifo(ckpt / S2)
+    with deadline(20):
+        assert_error(inspect(capsys, ckpt), ckpt / INDEX_NAME, f"shard {S2!r} is not a regular")
+
+
+def test_dev_zero_symlink_in_place_of_config(capsys: pytest.CaptureFixture[str], ckpt: Path):
+    (ckpt / "config.json").unlink()
+    (ckpt / "config.json").symlink_to("/dev/zero")
+    with deadline(20):
+        line = assert_error(inspect(capsys, ckpt), ckpt / "config.json")
+    assert "outside the checkpoint" in line or "character device" in line
+    # Given alone (no checkpoint around it), it is still not a regular file.
+    with deadline(20):
+        assert_error(
+            inspect(capsys, ckpt / "config.json"), ckpt / "config.json", "character device"
+        )
+
+
+@pytest.mark.parametrize("name", ["config.json", INDEX_NAME])
+def test_symlink_outside_refused_for_every_file(
+    capsys: pytest.CaptureFixture[str], ckpt: Path, tmp_path: Path, name: str
+) -> None:
+    outside = tmp_path / "elsewhere" / name
+    outside.parent.mkdir()
+    shutil.move(ckpt / name, outside)
+    (ckpt / name).symlink_to(outside)
+    assert_error(inspect(capsys, ckpt), ckpt / name, "resolves outside the checkpoint directory")
+
+
+def test_shard_symlink_loop(capsys: pytest.CaptureFixture[str], ckpt: Path) -> None:
+    (ckpt / S2).unlink()
+    (ckpt / S2).symlink_to(S2)
+    assert_error(
+        inspect(capsys, ckpt), ckpt / INDEX_NAME, f"shard {S2!r} cannot be opened", "symbolic"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "needle"),
+    [
+        pytest.param("m" * 300 + ".safetensors", "the filesystem allows", id="long"),
+        pytest.param("model\x00.safetensors", "contains a NUL byte", id="nul"),
+        pytest.param(S1 + "/", "ends in a path separator", id="trailing-slash"),
+    ],
+)
+def test_bad_shard_names(
+    capsys: pytest.CaptureFixture[str], ckpt: Path, name: str, needle: str
+) -> None:
+    _remap_shard(ckpt, S1, name)
+    line = assert_error(inspect(capsys, ckpt), ckpt / INDEX_NAME, needle)
+    assert len(line) < 1200
+
+
+def test_index_metadata_must_be_an_object(capsys: pytest.CaptureFixture[str], ckpt: Path):
+    for bad in ([], "x", 0, None):
+        index = load_index(ckpt)
+        index["metadata"] = bad
+        save_index(ckpt, index)
+        assert_error(inspect(capsys, ckpt), ckpt / INDEX_NAME, "index 'metadata' must be an object")
+
+
+def test_stray_single_file_beside_the_index(capsys: pytest.CaptureFixture[str], ckpt: Path):
+    shutil.copy(ckpt / S1, ckpt / "model.safetensors")
+    assert_error(
+        inspect(capsys, ckpt), ckpt / "model.safetensors", "transformers would load it instead"
+    )
+
+
+def test_megabyte_tensor_name_makes_a_short_line(capsys: pytest.CaptureFixture[str], ckpt: Path):
+    huge = "x" * (1 << 20)
+    index = load_index(ckpt)
+    index["weight_map"][huge] = S1
+    save_index(ckpt, index)
+    line = assert_error(inspect(capsys, ckpt), ckpt / S1, "is listed in the index but not in")
+    assert len(line) <= 1200
+    assert "cut]" in line
+
+
+def test_synth_to_an_unwritable_path(capsys: pytest.CaptureFixture[str], tmp_path: Path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    code, out, err = run(capsys, "synth", str(blocker / "ckpt"))
+    assert code == 2 and out == "", err
+    assert err.startswith(f"error: {blocker / 'ckpt'}: cannot create output directory: "), err
+    assert "internal error" not in err
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        code, _, err = run(capsys, "synth", str(locked / "ckpt"))
+        assert code == 2 and "cannot create output directory: Permission denied" in err, err
+
+
+def test_json_errors_come_out_as_an_object(capsys: pytest.CaptureFixture[str], tmp_path: Path):
+    missing = tmp_path / "nope"
+    for argv in (("--json", "inspect", str(missing)), ("inspect", str(missing), "--json")):
+        code, out, err = run(capsys, *argv)
+        assert code == 2
+        assert json.loads(out) == {
+            "error": f"{missing}: not a checkpoint directory",
+            "exit_code": 2,
+        }
+        assert err == f"error: {missing}: not a checkpoint directory\n"
+    code, out, _ = run(capsys, "--json", "no-such-command")
+    assert code == 2 and json.loads(out)["exit_code"] == 2
+    code, out, _ = run(capsys, "inspect", str(missing))
+    assert code == 2 and out == ""  # without --json, stdout stays empty
+
+
+def test_generation_config_read_safely_by_convert(
+    capsys: pytest.CaptureFixture[str], ckpt: Path, tmp_path: Path
+) -> None:
+    gen = ckpt / "generation_config.json"
+    outside = tmp_path / "outside.json"
+    outside.write_text("{}")
+    cases: list[tuple[Callable[[], None], str]] = [
+        (lambda: os.mkfifo(gen), "is a FIFO, not a regular file"),
+        (lambda: gen.write_text(f'{{"x": {_nested(3000)}}}'), "field 'x' is nested deeper"),
+        (lambda: gen.symlink_to(outside), "resolves outside the checkpoint directory"),
+    ]
+    for make, needle in cases:
+        gen.unlink()
+        make()
+        with deadline(60):
+            code, out, err = run(capsys, "convert", str(ckpt), str(tmp_path / "out"))
+        assert code == 2 and out == "", err
+        assert err.startswith(f"error: {gen}: ") and needle in err, err
+
+
+def test_hash_refuses_a_file_symlinked_from_outside(
+    capsys: pytest.CaptureFixture[str], ckpt: Path, tmp_path: Path
+) -> None:
+    outside = tmp_path / "big.bin"
+    outside.write_bytes(b"x" * 100)
+    (ckpt / "README.md").symlink_to(outside)
+    assert_error(
+        inspect(capsys, ckpt, "--hash"), ckpt / "README.md", "resolves outside the checkpoint"
+    )

@@ -115,6 +115,109 @@ def test_config_missing_field() -> None:
 
 
 def test_unknown_model_type() -> None:
-    cfg = ModelConfig.from_dict(kimi_k2_config() | {"model_type": "llama", "architectures": []})
     with pytest.raises(K2Error, match="'llama' is not a supported architecture"):
-        architecture_for(cfg)
+        ModelConfig.from_dict(kimi_k2_config() | {"model_type": "llama", "architectures": []})
+
+
+def test_llama_config_is_named_unsupported_before_missing_fields() -> None:
+    # A Llama config.json lacks every MLA/MoE field; the architecture is what is wrong.
+    llama = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "vocab_size": 128256,
+    }
+    with pytest.raises(K2Error) as err:
+        ModelConfig.from_dict(llama, "llama/config.json")
+    assert str(err.value) == (
+        "llama/config.json: field 'model_type': 'llama' is not a supported architecture "
+        "(architectures ['LlamaForCausalLM']; supported: deepseek_v3, kimi_k2, "
+        "DeepseekV3ForCausalLM)"
+    )
+    # The architectures list alone is enough to be recognised.
+    alias = kimi_k2_config() | {"model_type": "custom"}
+    assert architecture_for(ModelConfig.from_dict(alias)) is DEEPSEEK_V3
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"num_hidden_layers": 10**9}, "field 'num_hidden_layers' must be at most 256, got"),
+        ({"n_routed_experts": 10**9}, "field 'n_routed_experts' must be at most 1,024, got"),
+        (
+            {"num_nextn_predict_layers": 10**9},
+            "field 'num_nextn_predict_layers' must be at most 16",
+        ),
+        ({"hidden_size": 10**400}, "field 'hidden_size' must be at most 1,048,576, got <integer"),
+        ({"hidden_size": 1e400}, "field 'hidden_size' must be int, got inf"),
+        ({"rope_theta": 0}, "field 'rope_theta' must be a positive finite number"),
+        ({"rope_theta": float("nan")}, "field 'rope_theta' must be a positive finite number"),
+        ({"rope_theta": float("inf")}, "field 'rope_theta' must be a positive finite number"),
+        ({"rope_theta": -1.0}, "field 'rope_theta' must be a positive finite number"),
+        ({"architectures": [["x"]]}, "field 'architectures' must list names"),
+        ({"eos_token_id": [2**40]}, "field 'eos_token_id' must be at most 2,147,483,647"),
+    ],
+)
+def test_implausible_values_are_refused_by_name(change: dict[str, object], message: str) -> None:
+    with pytest.raises(K2Error) as err:
+        ModelConfig.from_dict(kimi_k2_config() | change, "c/config.json")
+    assert str(err.value).startswith(f"c/config.json: {message}"), str(err.value)
+    assert len(str(err.value)) < 300
+
+
+def _streamed(cfg: ModelConfig) -> tuple[int, int, dict[str, int], dict[str, int]]:
+    """The slow reference: every tensor of the spec, one at a time."""
+    from collections import Counter
+
+    from k2trt.checkpoint.safetensors import DTYPES
+
+    comp: Counter[str] = Counter()
+    dtype: Counter[str] = Counter()
+    n = mtp = 0
+    for spec in DEEPSEEK_V3.tensors(cfg):
+        n += 1
+        comp[spec.component] += spec.numel
+        dtype[spec.dtype] += spec.numel * DTYPES[spec.dtype][0]
+        if spec.layer is not None and spec.layer >= cfg.num_hidden_layers:
+            mtp += 0 if spec.component in ("scale", "rotary") else spec.numel
+    return n, mtp, dict(comp), dict(dtype)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {},
+        {"moe_layer_freq": 2, "first_k_dense_replace": 3},
+        {"moe_layer_freq": 3, "first_k_dense_replace": 0, "num_nextn_predict_layers": 2},
+        {"first_k_dense_replace": 61, "num_nextn_predict_layers": 1},
+        {"q_lora_rank": None, "n_shared_experts": 0, "topk_method": "greedy"},
+        {"tie_word_embeddings": True, "quantization_config": None},
+    ],
+)
+def test_closed_form_counts_equal_the_streamed_spec(change: dict[str, object]) -> None:
+    raw = kimi_k2_config() | {"n_routed_experts": 16, "num_hidden_layers": 7} | change
+    cfg = ModelConfig.from_dict(raw)
+    tensors, mtp, by_component, by_dtype = _streamed(cfg)
+    counts = count_params(cfg)
+    assert (counts.tensors, counts.by_component, counts.bytes_by_dtype) == (
+        tensors,
+        by_component,
+        by_dtype,
+    )
+    moe = sum(cfg.is_moe_layer(layer) for layer in range(cfg.num_hidden_layers))
+    idle = moe * (cfg.n_routed_experts - cfg.num_experts_per_tok) * 3 * 7168 * 2048
+    assert counts.activated == counts.weights - idle - mtp
+
+
+def test_counting_at_the_limits_does_not_walk_layers_or_experts() -> None:
+    # 256 layers x 1024 experts is 1.6M tensors to stream; the closed form touches ~60 specs.
+    raw = kimi_k2_config() | {"num_hidden_layers": 256, "n_routed_experts": 1024}
+    counts = count_params(ModelConfig.from_dict(raw))
+    # embed + 15 per layer (norms, MLA, rotary) + dense MLP of layer 0 + router, bias, shared
+    # expert and 1024 experts (weight + scale each) of 255 MoE layers + norm and lm_head
+    assert counts.tensors == 1 + 256 * 15 + 6 + 255 * (8 + 1024 * 6) + 2
+    assert counts.by_component["experts"] == 255 * 1024 * 3 * 7168 * 2048

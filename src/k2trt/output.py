@@ -13,10 +13,25 @@ from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
+    MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TimeRemainingColumn,
-    TransferSpeedColumn,
 )
+from rich.text import Text
+
+from k2trt.errors import one_line
+from k2trt.units import human_bytes
+
+
+class BinarySpeedColumn(ProgressColumn):
+    """Throughput in binary units (rich's TransferSpeedColumn is decimal only)."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        text = "?" if speed is None else f"{human_bytes(speed)}/s"
+        return Text(text, style="progress.data.speed")
 
 
 class Ticker:
@@ -47,6 +62,7 @@ class Output:
 
     mode: str = "human"  # human | json | quiet
     debug: bool = False
+    wrote_json: bool = False  # a --json result is on stdout already (one document per run)
     out: Console = field(default_factory=lambda: Console(soft_wrap=True))
     err: Console = field(default_factory=lambda: Console(stderr=True, soft_wrap=True))
 
@@ -58,6 +74,7 @@ class Output:
         """Print the command's result: JSON in --json mode, `render(data)` text otherwise."""
         if self.mode == "json":
             sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+            self.wrote_json = True
         elif self.mode == "human":
             text = render(data) if render else str(data)
             self.out.print(text, highlight=False, markup=False)
@@ -73,20 +90,39 @@ class Output:
             self.err.print(message, highlight=False, markup=False)
 
     def error(self, message: str) -> None:
-        """The one-line error, always shown (even with --quiet)."""
-        self.err.print(f"error: {message}", highlight=False, markup=False)
+        """The one-line error, always shown (even with --quiet); escaped and capped."""
+        self.err.print(f"error: {one_line(message)}", highlight=False, markup=False)
+
+    def error_object(self, message: str, exit_code: int) -> None:
+        """With --json, the error as a JSON object on stdout too, unless a result was printed
+        (stdout stays one JSON document; the exit code tells the rest)."""
+        if not self.wrote_json:
+            data = {"error": one_line(message), "exit_code": exit_code}
+            sys.stdout.write(json.dumps(data, sort_keys=True) + "\n")
+            self.wrote_json = True
 
     @contextmanager
     def progress(
-        self, description: str, total: int | None = None, *, enabled: bool = True
+        self,
+        description: str,
+        total: int | None = None,
+        *,
+        enabled: bool = True,
+        unit: str = "bytes",
     ) -> Iterator[Ticker]:
-        """Byte progress with throughput and ETA; silent unless human mode on a TTY."""
+        """Progress with ETA on stderr; silent unless human mode on a TTY.
+
+        unit "bytes": sizes and throughput in binary units; "items": done / total counts."""
         enabled = enabled and self.mode == "human" and self.err.is_terminal
+        counts: tuple[ProgressColumn, ...] = (
+            (DownloadColumn(binary_units=True), BinarySpeedColumn())  # MiB, as every summary
+            if unit == "bytes"
+            else (MofNCompleteColumn(),)
+        )
         bar = Progress(
             "[progress.description]{task.description}",
             BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
+            *counts,
             TimeRemainingColumn(),
             console=self.err,
             disable=not enabled,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -14,8 +15,8 @@ from numpy.typing import NDArray
 from k2trt.checkpoint.manifest import MANIFEST_NAME, checkpoint_files, hash_files, write_manifest
 from k2trt.checkpoint.reader import Checkpoint
 from k2trt.checkpoint.safetensors import DTYPES
-from k2trt.errors import K2Error
-from k2trt.models.config import ModelConfig
+from k2trt.errors import K2Error, show
+from k2trt.models.config import LIMITS, ModelConfig, finite_number
 from k2trt.models.kimi_k2 import release_of
 from k2trt.models.params import ParamCounts, count_params
 from k2trt.models.spec import TensorSpec, architecture_for
@@ -75,7 +76,7 @@ def config_findings(cfg: ModelConfig) -> Iterator[Finding]:
         return Finding("config", file, f"field {field_name!r}: {message}")
 
     if cfg.architectures is not None and "DeepseekV3ForCausalLM" not in cfg.architectures:
-        yield bad("architectures", f"expected DeepseekV3ForCausalLM, got {cfg.architectures}")
+        yield bad("architectures", f"expected DeepseekV3ForCausalLM, got {show(cfg.architectures)}")
     if cfg.num_key_value_heads not in (None, cfg.num_attention_heads):
         yield bad(
             "num_key_value_heads",
@@ -111,20 +112,30 @@ def _rope_findings(cfg: ModelConfig, bad: Callable[[str, str], Finding]) -> Iter
         return
     kind = rope.get("type", rope.get("rope_type"))
     if kind != "yarn":
-        yield bad("rope_scaling", f"expected type 'yarn', got {kind!r}")
+        yield bad("rope_scaling", f"expected type 'yarn', got {show(kind)}")
         return
-    factor, original = rope.get("factor"), rope.get("original_max_position_embeddings")
-    if not isinstance(factor, (int, float)) or factor <= 0:
-        yield bad("rope_scaling.factor", f"must be a positive number, got {factor!r}")
-    elif not isinstance(original, int) or original * factor != cfg.max_position_embeddings:
+    factor, original = cfg.rope_factor, rope.get("original_max_position_embeddings")
+    if factor is None or factor <= 0:
+        yield bad(
+            "rope_scaling.factor", f"must be a positive number, got {show(rope.get('factor'))}"
+        )
+    elif (
+        isinstance(original, bool)
+        or not isinstance(original, int)
+        or not 0 < original <= LIMITS["max_position_embeddings"]
+        or original * factor != cfg.max_position_embeddings
+    ):
         yield bad(
             "max_position_embeddings",
             f"expected original_max_position_embeddings "
-            f"({original}) x factor ({factor}), got {cfg.max_position_embeddings}",
+            f"({show(original)}) x factor ({show(rope.get('factor'))}), "
+            f"got {cfg.max_position_embeddings}",
         )
     for beta in ("beta_fast", "beta_slow", "mscale", "mscale_all_dim"):
-        if not isinstance(rope.get(beta), (int, float)):
-            yield bad(f"rope_scaling.{beta}", f"must be a number, got {rope.get(beta)!r}")
+        if finite_number(rope.get(beta)) is None:
+            yield bad(
+                f"rope_scaling.{beta}", f"must be a finite number, got {show(rope.get(beta))}"
+            )
 
 
 def _quant_findings(cfg: ModelConfig, bad: Callable[[str, str], Finding]) -> Iterator[Finding]:
@@ -133,11 +144,11 @@ def _quant_findings(cfg: ModelConfig, bad: Callable[[str, str], Finding]) -> Ite
         return
     if q.get("quant_method") != "fp8":
         yield bad(
-            "quantization_config.quant_method", f"expected 'fp8', got {q.get('quant_method')!r}"
+            "quantization_config.quant_method", f"expected 'fp8', got {show(q.get('quant_method'))}"
         )
         return
     if q.get("fmt", "e4m3") != "e4m3":
-        yield bad("quantization_config.fmt", f"expected 'e4m3', got {q.get('fmt')!r}")
+        yield bad("quantization_config.fmt", f"expected 'e4m3', got {show(q.get('fmt'))}")
     if cfg.fp8_block != (128, 128):
         yield bad(
             "quantization_config.weight_block_size",
@@ -146,12 +157,12 @@ def _quant_findings(cfg: ModelConfig, bad: Callable[[str, str], Finding]) -> Ite
     if q.get("activation_scheme", "dynamic") != "dynamic":
         yield bad(
             "quantization_config.activation_scheme",
-            f"expected 'dynamic', got {q.get('activation_scheme')!r}",
+            f"expected 'dynamic', got {show(q.get('activation_scheme'))}",
         )
 
 
 def _fmt(dtype: str, shape: tuple[int, ...]) -> str:
-    return f"{dtype}{list(shape)}"
+    return f"{dtype}{show(list(shape))}"
 
 
 def inventory_findings(ckpt: Checkpoint, specs: list[TensorSpec]) -> Iterator[Finding]:
@@ -177,7 +188,7 @@ def inventory_findings(ckpt: Checkpoint, specs: list[TensorSpec]) -> Iterator[Fi
             yield Finding(
                 code,
                 info.shard.name,
-                f"tensor {spec.name!r}: wrong {what}: expected "
+                f"tensor {show(spec.name)}: wrong {what}: expected "
                 f"{_fmt(spec.dtype, spec.shape)}, found {_fmt(info.dtype, info.shape)}",
             )
     for name, info in ckpt.infos.items():
@@ -185,7 +196,8 @@ def inventory_findings(ckpt: Checkpoint, specs: list[TensorSpec]) -> Iterator[Fi
             yield Finding(
                 "unexpected",
                 info.shard.name,
-                f"tensor {name!r} ({_fmt(info.dtype, info.shape)}) is not part of the architecture",
+                f"tensor {show(name)} ({_fmt(info.dtype, info.shape)}) is not part of the "
+                "architecture",
             )
 
 
@@ -196,7 +208,7 @@ def size_findings(ckpt: Checkpoint) -> Iterator[Finding]:
         yield Finding(
             "total-size",
             ckpt.index.path.name if ckpt.index else "",
-            f"field 'metadata.total_size': must be an integer, got {declared!r}",
+            f"field 'metadata.total_size': must be an integer, got {show(declared)}",
         )
     elif declared is not None and declared != actual:
         yield Finding(
@@ -260,17 +272,21 @@ def inspect_checkpoint(
     >>> report = inspect_checkpoint(Path("Kimi-K2-Instruct"), opts)  # doctest: +SKIP
     >>> report.ok, report.params.activated  # doctest: +SKIP
     """
-    if path.is_file():
+    if os.path.lexists(path) and not path.is_dir():  # a config.json alone (or a FIFO, ...)
         return _report_for_config(ModelConfig.load(path), str(path))
     with Checkpoint.open(path) as ckpt:
         report = _report_for_config(ckpt.config, str(path))
         if not ckpt.has_weights:
             return report
-        specs = list(architecture_for(ckpt.config).tensors(ckpt.config))
         report.has_weights = True
         report.shards = len(ckpt.shard_paths)
         report.tensors = len(ckpt.infos)
         report.bytes_by_dtype = _bytes_by_dtype(ckpt)
+        too_many = _spec_far_larger(ckpt, report.params.tensors)
+        if too_many:  # listing millions of missing tensors helps nobody and takes minutes
+            report.findings += [too_many, *size_findings(ckpt)]
+            return report
+        specs = list(architecture_for(ckpt.config).tensors(ckpt.config))
         report.findings += inventory_findings(ckpt, specs)
         report.findings += size_findings(ckpt)
         if opts.deep:
@@ -279,6 +295,21 @@ def inspect_checkpoint(
     if opts.hash:
         report.manifest = str(_hash(path, opts, progress))
     return report
+
+
+# More expected tensors than stored by this much: the config is not this checkpoint's.
+MAX_MISSING_LISTED = 100_000
+
+
+def _spec_far_larger(ckpt: Checkpoint, expected: int) -> Finding | None:
+    if expected - len(ckpt.infos) <= MAX_MISSING_LISTED:
+        return None
+    return Finding(
+        "missing",
+        ckpt.index.path.name if ckpt.index else "",
+        f"config.json describes {expected:,} tensors but the checkpoint stores "
+        f"{len(ckpt.infos):,}: not listed one by one (a config for another model?)",
+    )
 
 
 def _report_for_config(cfg: ModelConfig, path: str) -> Report:
@@ -302,9 +333,10 @@ def _hash(path: Path, opts: InspectOptions, progress: Callable[[int], None] | No
     files = checkpoint_files(path)
     if opts.manifest is not None:
         files = [f for f in files if f.resolve() != target.resolve()]
+    mtimes = {f.name: f.stat().st_mtime_ns for f in files}  # before hashing: a write moves it
     hashes = hash_files(files, opts.workers, progress)
     try:
-        write_manifest(target, hashes)
+        write_manifest(target, hashes, mtimes)
     except OSError as exc:
         raise K2Error(
             f"cannot write manifest: {exc.strerror or exc} (choose another path with --manifest)",

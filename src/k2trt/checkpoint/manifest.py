@@ -11,7 +11,8 @@ from typing import Any
 
 from k2trt import __version__
 from k2trt.checkpoint.safetensors import iter_chunks
-from k2trt.fsutil import write_json_atomic
+from k2trt.errors import K2Error
+from k2trt.fsutil import is_inside, write_json_atomic
 
 MANIFEST_NAME = "k2trt-manifest.json"
 MANIFEST_FORMAT = "k2trt.manifest/1"
@@ -103,23 +104,39 @@ def pin_changed(path: Path, want: Mapping[str, Any], rehash: bool = False) -> st
 
 
 def checkpoint_files(root: Path) -> list[Path]:
-    """The top-level regular files a manifest covers (not dotfiles, not the manifest)."""
-    return sorted(
+    """The top-level regular files a manifest covers (not dotfiles, not the manifest); one that
+    resolves outside `root` (a symlink) is refused: what we read stays inside the checkpoint."""
+    files = sorted(
         p
         for p in root.iterdir()
         if p.is_file() and not p.name.startswith(".") and p.name != MANIFEST_NAME
     )
+    for path in files:
+        if not is_inside(path, root):
+            raise K2Error("resolves outside the checkpoint directory (symlink?)", path=path)
+    return files
 
 
-def manifest_data(hashes: list[FileHash], **extra: Any) -> dict[str, Any]:
+def manifest_data(
+    hashes: list[FileHash], mtimes: Mapping[str, int] | None = None, **extra: Any
+) -> dict[str, Any]:
+    """The manifest; `mtimes` (name -> st_mtime_ns taken before hashing) lets a reader reuse a
+    hash while size and mtime still match (as `pin_changed` decides)."""
+    files: dict[str, dict[str, Any]] = {}
+    for h in hashes:
+        files[h.name] = {"bytes": h.bytes, "sha256": h.sha256}
+        if mtimes and h.name in mtimes:
+            files[h.name]["mtime_ns"] = mtimes[h.name]
     return {
         "format": MANIFEST_FORMAT,
         "k2trt_version": __version__,
         "algorithm": "sha256",
-        "files": {h.name: {"bytes": h.bytes, "sha256": h.sha256} for h in hashes},
+        "files": files,
         **extra,
     }
 
 
-def write_manifest(path: Path, hashes: list[FileHash], **extra: Any) -> None:
-    write_json_atomic(path, manifest_data(hashes, **extra))
+def write_manifest(
+    path: Path, hashes: list[FileHash], mtimes: Mapping[str, int] | None = None, **extra: Any
+) -> None:
+    write_json_atomic(path, manifest_data(hashes, mtimes, **extra))

@@ -22,13 +22,16 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 from numpy.typing import NDArray
 
-from k2trt.errors import K2Error
+from k2trt.errors import K2Error, show
+from k2trt.fsutil import open_regular, parse_json
 
 if TYPE_CHECKING:
     import torch
 
-# Real headers are a few MB (Kimi K2's largest: ~0.5 MB); safetensors itself caps at 100 MB.
-MAX_HEADER_BYTES = 100 * 1024 * 1024
+# Real headers are a few MB (Kimi K2's largest: ~0.5 MB). The safetensors library refuses
+# longer than 100,000,000 bytes (MAX_HEADER_SIZE in safetensors/src/tensor.rs, checked at
+# huggingface/safetensors@24b0b28); so do we.
+MAX_HEADER_BYTES = 100_000_000
 HEADER_ALIGN = 8
 
 # safetensors dtype -> (bytes per element, numpy dtype for direct views or None when numpy has none)
@@ -91,12 +94,19 @@ def _fail(path: Path, message: str) -> K2Error:
 def _read_header_bytes(path: Path, fh: BinaryIO, size: int) -> bytes:
     if size < 8:
         raise _fail(path, f"truncated shard: {size} bytes, shorter than the 8-byte header length")
-    (n,) = struct.unpack("<Q", fh.read(8))
-    if n > MAX_HEADER_BYTES:
-        raise _fail(path, f"header length {n} is absurdly large (limit {MAX_HEADER_BYTES})")
-    if 8 + n > size:
-        raise _fail(path, f"header length {n} runs past the end of the file ({size} bytes)")
-    return fh.read(n)
+    try:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        if n > MAX_HEADER_BYTES:
+            raise _fail(path, f"header length {n} is absurdly large (limit {MAX_HEADER_BYTES})")
+        if 8 + n > size:
+            raise _fail(path, f"header length {n} runs past the end of the file ({size} bytes)")
+        raw = fh.read(n)
+    except (OSError, struct.error) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise _fail(path, f"cannot read shard header: {reason}") from None
+    if len(raw) != n:
+        raise _fail(path, f"header cut short: {len(raw)} of {n} bytes (truncated while read?)")
+    return raw
 
 
 def _is_count(value: Any) -> bool:
@@ -104,15 +114,30 @@ def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+def _numel_up_to(shape: list[int], cap: int) -> int | None:
+    """The element count, or None once it passes `cap` (a hostile shape of a million huge
+    dimensions must not turn into a million-digit multiplication)."""
+    if 0 in shape:
+        return 0
+    count = 1
+    for dim in shape:
+        count *= dim
+        if count > cap:
+            return None
+    return count
+
+
 def _parse_entry(path: Path, name: str, entry: Any, base: int, size: int) -> TensorInfo:
-    where = f"tensor {name!r}"
+    where = f"tensor {show(name)}"
     if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
         raise _fail(path, f"{where}: header entry must have exactly dtype, shape, data_offsets")
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-    if dtype not in DTYPES:
-        raise _fail(path, f"{where}: unknown dtype {dtype!r}")
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise _fail(path, f"{where}: unknown dtype {show(dtype)} (known: {', '.join(DTYPES)})")
     if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
-        raise _fail(path, f"{where}: shape must be a list of non-negative integers, got {shape!r}")
+        raise _fail(
+            path, f"{where}: shape must be a list of non-negative integers, got {show(shape)}"
+        )
     if (
         not isinstance(offsets, list)
         or len(offsets) != 2
@@ -121,10 +146,13 @@ def _parse_entry(path: Path, name: str, entry: Any, base: int, size: int) -> Ten
     ):
         raise _fail(path, f"{where}: data_offsets must be [begin, end] with begin <= end")
     info = TensorInfo(name, dtype, tuple(shape), base + offsets[0], base + offsets[1], path)
-    expected = info.numel * DTYPES[dtype][0]
-    if info.nbytes != expected:
+    itemsize = DTYPES[dtype][0]
+    count = _numel_up_to(shape, info.nbytes // itemsize)
+    if count is None or count * itemsize != info.nbytes:
+        needs = "more" if count is None else str(count * itemsize)
         raise _fail(
-            path, f"{where}: byte range holds {info.nbytes} bytes, {dtype}{shape} needs {expected}"
+            path,
+            f"{where}: byte range holds {info.nbytes} bytes, {dtype}{show(shape)} needs {needs}",
         )
     if info.end > size:
         raise _fail(
@@ -141,39 +169,47 @@ def _check_layout(path: Path, infos: list[TensorInfo], base: int, size: int) -> 
         if info.start < cursor:
             raise _fail(
                 path,
-                f"tensor {info.name!r}: byte range [{info.start}, {info.end}) "
+                f"tensor {show(info.name)}: byte range [{info.start}, {info.end}) "
                 f"overlaps the previous tensor",
             )
         if info.start > cursor:
             raise _fail(
-                path, f"tensor {info.name!r}: {info.start - cursor} unindexed bytes before it"
+                path, f"tensor {show(info.name)}: {info.start - cursor} unindexed bytes before it"
             )
         cursor = info.end
     if cursor != size:
         raise _fail(path, f"{size - cursor} bytes after the last tensor are not indexed")
 
 
-def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
-    """Parse and bound-check a shard header; returns tensors by name and `__metadata__`.
+def read_header(
+    path: Path, root: Path | None = None
+) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """Read a shard's header (a regular file, inside `root` when given) and validate it.
 
     >>> tensors, meta = read_header(Path("model-1-of-2.safetensors"))  # doctest: +SKIP
     """
-    try:
-        with open(path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            raw = _read_header_bytes(path, fh, size)
-    except OSError as exc:
-        raise _fail(path, f"cannot read shard: {exc.strerror or exc}") from exc
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _fail(path, f"header is not valid JSON: {exc}") from exc
+    fd, size = open_regular(path, "shard", root=root)
+    with open(fd, "rb") as fh:
+        raw = _read_header_bytes(path, fh, size)
+    return validate_header(path, parse_json(raw, path, "header"), 8 + len(raw), size)
+
+
+def validate_header(
+    path: Path, header: Any, base: int, size: int
+) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """The one header validator: entries, byte ranges against the file, `__metadata__`.
+
+    Returns tensors by name and `__metadata__` (which, as the safetensors library requires,
+    is absent, null, or an object of strings).
+    """
     if not isinstance(header, dict):
         raise _fail(path, "header must be a JSON object")
-    meta = header.pop("__metadata__", {}) or {}
-    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
-        raise _fail(path, "__metadata__ must map strings to strings")
-    base = 8 + len(raw)
+    header = dict(header)
+    meta = header.pop("__metadata__", None)
+    if meta is None:
+        meta = {}
+    elif not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise _fail(path, f"__metadata__ must map strings to strings, got {show(meta)}")
     infos = [_parse_entry(path, name, entry, base, size) for name, entry in header.items()]
     _check_layout(path, infos, base, size)
     return {i.name: i for i in infos}, meta
@@ -335,8 +371,10 @@ class ShardWriter:
         path: Path,
         entries: list[tuple[str, str, tuple[int, ...]]],
         metadata: dict[str, str] | None = None,
+        sync: bool = True,
     ) -> None:
         self.path = path
+        self._sync = sync  # False: the caller syncs the whole output once (convert does)
         self._entries = {name: (dtype, shape) for name, dtype, shape in entries}
         header, self._sizes = build_header(entries, metadata)
         self._next = 0
@@ -380,7 +418,8 @@ class ShardWriter:
             self.abort()
             raise K2Error(f"shard closed before tensor {missing!r} was written", path=self.path)
         self._fh.flush()
-        os.fsync(self._fh.fileno())
+        if self._sync:
+            os.fsync(self._fh.fileno())
         self._fh.close()
         os.replace(self._tmp, self.path)
 

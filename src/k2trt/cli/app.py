@@ -22,6 +22,7 @@ from k2trt.cli import (
     synth,
     triton,
 )
+from k2trt.cli import eval as evaluate
 from k2trt.errors import K2Error
 from k2trt.output import OUTPUT
 
@@ -35,6 +36,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain click help: paragraphs re-wrapped to the terminal, long values wrapped, never cut
+    # off with "..." (rich's tables truncate long defaults; its prose keeps docstring breaks).
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -74,6 +78,7 @@ app.command("demo")(demo.command)
 app.add_typer(chat.app, name="chat")
 app.add_typer(release.app, name="release")
 app.add_typer(triton.app, name="triton")
+app.add_typer(evaluate.app, name="eval")
 
 
 def _hoist_global_flags(argv: list[str]) -> list[str]:
@@ -84,30 +89,41 @@ def _hoist_global_flags(argv: list[str]) -> list[str]:
     return flags + rest
 
 
+def _failed(message: str, code: int, json_out: bool) -> int:
+    """The one error report: a line on stderr and, with --json, an object on stdout."""
+    OUTPUT.error(message)
+    if json_out:
+        OUTPUT.error_object(message, code)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: one-line errors, exit 2; tracebacks only with --debug."""
     args = _hoist_global_flags(list(sys.argv[1:] if argv is None else argv))
+    json_out = "--json" in args[: args.index("--")] if "--" in args else "--json" in args
+    OUTPUT.wrote_json = False
     try:
         result = app(args=args, prog_name="k2trt", standalone_mode=False)
     except K2Error as exc:
         if OUTPUT.debug:
             traceback.print_exc()
-        OUTPUT.error(str(exc))
-        return exc.exit_code
+        return _failed(str(exc), exc.exit_code, json_out)
     except typer.Exit as exc:
         return int(exc.exit_code or 0)
     except (typer.Abort, KeyboardInterrupt):
-        OUTPUT.error("interrupted")
-        return 130
+        return _failed("interrupted", 130, json_out)
     except Exception as exc:  # click usage errors carry their own exit code
         code = getattr(exc, "exit_code", None)
         if code is not None and hasattr(exc, "show"):
             exc.show()
+            if json_out:
+                show = getattr(exc, "format_message", None)
+                OUTPUT.error_object(show() if show else str(exc), int(code))
             return int(code)
         if OUTPUT.debug:
             raise
-        OUTPUT.error(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug)")
-        return EXIT_ERROR
+        message = f"internal error: {type(exc).__name__}: {exc} (rerun with --debug)"
+        return _failed(message, EXIT_ERROR, json_out)
     return int(result or 0)
 
 

@@ -7,7 +7,6 @@ Each table row: name template ({L} layer, {E} expert), shape as dimension names 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from math import ceil
 
 from k2trt.models.config import ModelConfig
 from k2trt.models.spec import Architecture, TensorSpec, register
@@ -139,13 +138,13 @@ def _expand(
             continue
         yield TensorSpec(name, "F8_E4M3" if block else "BF16", shape, component, layer, expert)
         if block:
-            scale_shape = (ceil(shape[0] / block[0]), ceil(shape[1] / block[1]))
+            scale_shape = (-(-shape[0] // block[0]), -(-shape[1] // block[1]))
             yield TensorSpec(
                 f"{name}_scale_inv", "F32", scale_shape, "scale", layer, expert, scale_for=name
             )
 
 
-def _decoder_layer(cfg: ModelConfig, layer: int) -> Iterator[TensorSpec]:
+def _decoder_layer(cfg: ModelConfig, layer: int, experts: bool = True) -> Iterator[TensorSpec]:
     yield from _expand(cfg, LAYER_NORMS, layer)
     yield from _expand(cfg, ATTENTION_Q_LORA if cfg.q_lora_rank else ATTENTION_Q_FULL, layer)
     yield from _expand(cfg, ATTENTION_KV, layer)
@@ -158,7 +157,7 @@ def _decoder_layer(cfg: ModelConfig, layer: int) -> Iterator[TensorSpec]:
         yield from _expand(cfg, ROUTER_BIAS, layer)
     if cfg.n_shared_experts:
         yield from _expand(cfg, SHARED_EXPERT, layer)
-    for expert in range(cfg.n_routed_experts):
+    for expert in range(cfg.n_routed_experts if experts else 0):
         yield from _expand(cfg, EXPERT, layer, expert)
 
 
@@ -176,6 +175,30 @@ def tensors(cfg: ModelConfig) -> Iterator[TensorSpec]:
     yield from _expand(cfg, GLOBAL[1:] if not cfg.tie_word_embeddings else GLOBAL[1:2])
 
 
+def groups(cfg: ModelConfig) -> Iterator[tuple[int, list[TensorSpec]]]:
+    """`tensors(cfg)` as (count, representative tensors): one dense and one MoE layer (without
+    its routed experts) stand for all of their kind, one expert for all experts.
+
+    >>> sum(n * len(specs) for n, specs in groups(cfg)) == sum(1 for _ in tensors(cfg))  # doctest: +SKIP
+    True
+    """  # noqa: E501
+    yield 1, list(_expand(cfg, GLOBAL[:1]))
+    main, mtp = cfg.num_hidden_layers, cfg.num_nextn_predict_layers
+    for start, stop in ((0, main), (main, main + mtp)):
+        moe = cfg.moe_layers_between(start, stop)
+        for count, is_moe in ((stop - start - moe, False), (moe, True)):
+            layer = cfg.first_layer(start, stop, is_moe)
+            if not count or layer is None:
+                continue
+            specs = list(_decoder_layer(cfg, layer, experts=False))
+            if start == main:
+                specs += _expand(cfg, MTP_EXTRA, layer)
+            yield count, specs
+            if is_moe:
+                yield count * cfg.n_routed_experts, list(_expand(cfg, EXPERT, layer, 0))
+    yield 1, list(_expand(cfg, GLOBAL[1:] if not cfg.tie_word_embeddings else GLOBAL[1:2]))
+
+
 DEEPSEEK_V3 = register(
     Architecture(
         name="deepseek_v3",
@@ -183,5 +206,6 @@ DEEPSEEK_V3 = register(
         # kimi_k2 is Moonshot's model_type for the same architecture: an alias, not a copy.
         model_types=("deepseek_v3", "kimi_k2"),
         tensors=tensors,
+        groups=groups,
     )
 )

@@ -36,7 +36,9 @@ class ParamCounts:
 
 
 def count_params(cfg: ModelConfig) -> ParamCounts:
-    """Stream the spec once and total it.
+    """Total the spec in closed form: each group of identical tensors (all MoE layers' routers,
+    all experts' down_proj, ...) is counted once and multiplied, so the cost does not grow with
+    the layer or expert count.
 
     >>> from k2trt.models.kimi_k2 import kimi_k2_config
     >>> count_params(ModelConfig.from_dict(kimi_k2_config())).stored
@@ -46,17 +48,19 @@ def count_params(cfg: ModelConfig) -> ParamCounts:
     by_dtype: Counter[str] = Counter()
     tensors = 0
     mtp = 0
-    for spec in architecture_for(cfg).tensors(cfg):
-        tensors += 1
-        if spec.layer is not None and spec.layer >= cfg.num_hidden_layers:
-            mtp += spec.numel if spec.component not in ("scale", "rotary") else 0
-        by_component[spec.component] += spec.numel
-        by_dtype[spec.dtype] += spec.numel * DTYPES[spec.dtype][0]
+    for count, specs in architecture_for(cfg).groups(cfg):
+        for spec in specs:
+            tensors += count
+            numel = count * spec.numel
+            if spec.layer is not None and spec.layer >= cfg.num_hidden_layers:
+                mtp += numel if spec.component not in ("scale", "rotary") else 0
+            by_component[spec.component] += numel
+            by_dtype[spec.dtype] += numel * DTYPES[spec.dtype][0]
     scales = by_component["scale"]
     rotary = by_component["rotary"]
     stored = sum(by_component.values())
     weights = stored - scales - rotary
-    moe_layers = sum(cfg.is_moe_layer(layer) for layer in range(cfg.num_hidden_layers))
+    moe_layers = cfg.moe_layers_between(0, cfg.num_hidden_layers)
     per_expert = 3 * cfg.hidden_size * cfg.moe_intermediate_size
     idle = moe_layers * (cfg.n_routed_experts - cfg.num_experts_per_tok) * per_expert
     return ParamCounts(

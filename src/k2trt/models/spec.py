@@ -35,6 +35,9 @@ class TensorSpec:
 
 
 SpecFn = Callable[[ModelConfig], Iterator[TensorSpec]]
+# (how many times, one representative set of tensors): the spec summarized so that sums over it
+# cost the same for 61 layers x 384 experts as for 2 x 2.
+GroupFn = Callable[[ModelConfig], Iterator[tuple[int, list[TensorSpec]]]]
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class Architecture:
     hf_architectures: tuple[str, ...]
     model_types: tuple[str, ...]
     tensors: SpecFn
+    groups: GroupFn
 
 
 _REGISTRY: dict[str, Architecture] = {}
@@ -70,6 +74,19 @@ def architecture_for(cfg: ModelConfig) -> Architecture:
         f"field 'model_type': {cfg.model_type!r} is not a supported architecture (known: {known})",
         path=cfg.path,
     )
+
+
+def is_supported(model_type: str, architectures: list[str]) -> bool:
+    """Whether a registered family answers to the model_type or one of the architectures."""
+    return any(key in _REGISTRY for key in (model_type, *architectures))
+
+
+def supported_names() -> list[str]:
+    """model_types, then HF architecture strings, as error messages list them."""
+    return [
+        *known_model_types(),
+        *sorted({a for r in _REGISTRY.values() for a in r.hf_architectures}),
+    ]
 
 
 def known_model_types() -> list[str]:
