@@ -1,14 +1,17 @@
-"""Shared bench helpers: page cache control, baseline reads, child RSS, tables. Stdlib only."""
+"""Shared bench helpers: load checks, interleaved repeats (min/median), page cache control,
+baseline reads, child RSS, tables. Stdlib only."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -34,6 +37,78 @@ def best_of(
             before()
         times.append(timed(fn)[0])
     return min(times)
+
+
+@dataclass
+class Runs:
+    """Seconds of repeated runs, and the 1-minute load average seen before each."""
+
+    times: list[float] = field(default_factory=list)
+    loads: list[float] = field(default_factory=list)
+
+    @property
+    def min(self) -> float:
+        return min(self.times)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    def rate(self, nbytes: int) -> str:
+        """'best / median' MB/s."""
+        return f"{nbytes / MB / self.min:,.0f} / {nbytes / MB / self.median:,.0f}"
+
+    def load_note(self) -> str:
+        return f"load {min(self.loads):.1f}-{max(self.loads):.1f}" if self.loads else ""
+
+
+def load_now() -> float:
+    """The 1-minute load average."""
+    return os.getloadavg()[0]
+
+
+def wait_for_quiet(limit: float | None = None, patience: float = 60.0) -> float:
+    """Wait (up to `patience` s) until the 1-minute load falls under `limit` (default: the core
+    count; the bench's own previous run keeps the average near 1 for a minute, so a lower limit
+    only waits on itself); returns the load when the run starts, so a busy machine is reported,
+    not hidden."""
+    limit = float(os.cpu_count() or 1) if limit is None else limit
+    deadline = time.monotonic() + patience
+    while (load := load_now()) > limit and time.monotonic() < deadline:
+        time.sleep(2.0)
+    return load
+
+
+def machine_note() -> str:
+    """One line for a bench's header: cores, memory, load now."""
+    mem = Path("/proc/meminfo").read_text().split("\n")[0].split()[1]
+    return f"{os.cpu_count()} cores, {int(mem) / 1e6:.0f} GB RAM, 1-min load {load_now():.2f}"
+
+
+def interleaved(
+    contenders: dict[str, Callable[[], object]],
+    runs: int,
+    before: Callable[[], object] | None = None,
+    patience: float = 60.0,
+) -> dict[str, Runs]:
+    """Run every contender `runs` times, alternating their order each round (ABBA...), with
+    `before()` untimed ahead of each run and the load checked just before timing it; so a
+    page cache freed or dirtied by one contender does not always fall on the same other one."""
+    out = {name: Runs() for name in contenders}
+    names = list(contenders)
+    for i in range(runs):
+        for name in names if i % 2 == 0 else names[::-1]:
+            if before:
+                before()
+            out[name].loads.append(wait_for_quiet(patience=patience))
+            out[name].times.append(timed(contenders[name])[0])
+    return out
+
+
+def settle(root: Path) -> None:
+    """Write back dirty pages of `root`'s filesystem (syncfs), so a run does not pay for the
+    writeback of the run before it (dirty-page throttling can cut write rates 10x)."""
+    subprocess.run(["sync", "-f", str(root)], check=True)
 
 
 def evict(paths: Sequence[Path]) -> None:

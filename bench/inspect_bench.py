@@ -1,12 +1,15 @@
 """`inspect --deep --hash` throughput vs a plain sequential read, and its peak RSS vs size.
 
-    python bench/inspect_bench.py [--workdir DIR] [--keep] [--size-gb 2.1]
+    python bench/inspect_bench.py [--workdir DIR] [--keep] [--size-gb 6.5]
 
-Synthesizes k2-slice checkpoints (real Kimi K2 hidden sizes) into a work directory, then:
+Synthesizes k2-slice checkpoints (real Kimi K2 hidden sizes and vocabulary: at least 5.2 GB,
+4.7 GB of it the embedding and lm_head) into a work directory, then:
   1. throughput of inspect --deep --hash as a fraction of Python reading the same files in
      16 MiB chunks (target >= 0.8), with the page cache warm and cold (evicted per run);
   2. peak RSS of `k2trt inspect` in a child process at two checkpoint sizes, per mode
      (headers only, --deep, --hash, --deep --hash): target <= 1 GB and no growth with size.
+Every timed run waits (up to --patience s) for the 1-minute load to fall under the core count and
+records it; contenders alternate order each round; min and median are printed with the load.
 Figures are ratios from one run on one machine; nothing here is asserted in tests.
 """
 
@@ -22,14 +25,17 @@ from pathlib import Path
 
 from _util import (
     MB,
+    Runs,
     child_rss,
     dir_bytes,
     evict,
+    machine_note,
     page_cache_bytes,
     print_table,
     sequential_read,
     sha256_rate,
     timed,
+    wait_for_quiet,
 )
 from k2trt.checkpoint.inspection import InspectOptions, inspect_checkpoint
 from k2trt.checkpoint.manifest import checkpoint_files
@@ -138,31 +144,39 @@ def run_once(ckpt: Ckpt, manifest: Path, flags: tuple[bool, bool] | None) -> Non
         inspect_once(ckpt, manifest, *flags)
 
 
-def timings(ckpt: Ckpt, manifest: Path, runs: int, cold: bool) -> dict[str, list[float]]:
-    """Seconds per run of each RUNS entry, interleaved round by round so drift hits all alike."""
+PATIENCE = [60.0]  # --patience: seconds to wait for a quiet machine before each timed run
+
+
+def timings(ckpt: Ckpt, manifest: Path, runs: int, cold: bool) -> dict[str, Runs]:
+    """Seconds per run of each RUNS entry, interleaved round by round (order reversed every
+    other round) so drift and a neighbour's page cache hit all alike; load checked per run."""
     files = ckpt.files
-    times: dict[str, list[float]] = {label: [] for label in RUNS}
+    times = {label: Runs() for label in RUNS}
     sequential_read(files)  # warm the cache (cold runs evict it again)
-    for _ in range(runs):
-        for label, flags in RUNS.items():
+    for i in range(runs):
+        for label in list(RUNS) if i % 2 == 0 else list(RUNS)[::-1]:
             if cold:
                 evict(files)
-            times[label].append(timed(partial(run_once, ckpt, manifest, flags))[0])
+            times[label].loads.append(wait_for_quiet(patience=PATIENCE[0]))
+            times[label].times.append(timed(partial(run_once, ckpt, manifest, RUNS[label]))[0])
     return times
 
 
-def timing_rows(cache: str, total: int, times: dict[str, list[float]]) -> list[list[str]]:
-    base = min(times["sequential read"])
+def timing_rows(cache: str, total: int, times: dict[str, Runs]) -> list[list[str]]:
+    base = times["sequential read"]
     rows = []
     for label, flags in RUNS.items():
-        best = min(times[label])
-        row = [f"{label} ({cache})", f"{best:.2f}", f"{max(times[label]) / best:.2f}"]
-        row.append(rate(total, best) if flags != (True, False) else "")
+        r = times[label]
+        row = [f"{label} ({cache})", f"{r.min:.2f} / {r.median:.2f}"]
+        row.append(r.rate(total) if flags != (True, False) else "")
         if label == "inspect --deep --hash":
-            ratio = base / best
+            ratio = base.min / r.min
             target = f">= {THROUGHPUT_TARGET}"
-            row += [f"{ratio:.2f}", target, verdict(ratio >= THROUGHPUT_TARGET)]
-        rows.append(row)
+            row += [f"{ratio:.2f} ({base.median / r.median:.2f})", target]
+            row.append(verdict(ratio >= THROUGHPUT_TARGET))
+        else:
+            row += ["", "", ""]
+        rows.append([*row, r.load_note()])
     return rows
 
 
@@ -172,10 +186,11 @@ def throughput(ckpt: Ckpt, manifest: Path, runs: int) -> tuple[list[tuple[str, f
     for cache in ("warm", "cold"):
         times = timings(ckpt, manifest, runs, cold=cache == "cold")
         rows += timing_rows(cache, total, times)
-        bases.append(min(times["sequential read"]))
-        ratios.append((cache, bases[-1] / min(times["inspect --deep --hash"])))
-    headers = ["run", "best s", "worst/best", "MB/s", "vs read", "target", "met"]
-    print_table(f"throughput over {total / MB:,.0f} MB (best of {runs})", headers, rows)
+        bases.append(times["sequential read"].min)
+        ratios.append((cache, bases[-1] / times["inspect --deep --hash"].min))
+    headers = ["run", "s min / median", "MB/s best / median", "vs read (median)", "target"]
+    headers += ["met", "load"]
+    print_table(f"throughput over {total / MB:,.0f} MB ({runs} interleaved runs)", headers, rows)
     if bases[1] < 1.1 * bases[0]:
         print("note: evicting did not slow the baseline read: 'cold' is not really cold here")
     return ratios, bases[0]
@@ -219,6 +234,7 @@ def rss_runs(small: Ckpt, large: Ckpt, manifest: Path) -> dict[tuple[str, int], 
             # depends on the page cache's folio sizes, which depend on how the pages came in.
             evict(ckpt.files)
             sequential_read(ckpt.files)
+            wait_for_quiet(patience=PATIENCE[0])
             argv = [sys.executable, "-c", CLI, "inspect", str(ckpt.path), "--quiet", *flags]
             rc, seconds, peak = child_rss([*argv, "--manifest", str(manifest)])
             if rc:
@@ -286,14 +302,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workdir", type=Path, help="reuse checkpoints here (created if absent)")
     p.add_argument("--keep", action="store_true", help="keep what this run synthesized")
-    p.add_argument("--size-gb", type=float, default=2.1, help="throughput checkpoint size (GB)")
-    p.add_argument("--small-layers", type=int, default=2, help="layers of the smaller RSS ckpt")
+    p.add_argument("--size-gb", type=float, default=6.5, help="throughput checkpoint size (GB)")
+    p.add_argument("--small-layers", type=int, default=1, help="layers of the smaller RSS ckpt")
     p.add_argument("--experts", type=int, default=8)
-    p.add_argument("--runs", type=int, default=3, help="runs per figure; the best is kept")
+    p.add_argument("--runs", type=int, default=3, help="runs per figure (min and median shown)")
+    p.add_argument("--patience", type=float, default=60.0, help="max wait for a quiet machine")
     return p.parse_args(argv)
 
 
 def run(args: argparse.Namespace, workdir: Path, made: list[Path]) -> None:
+    PATIENCE[0] = args.patience
+    print(f"machine: {machine_note()}")
     layers = layers_for(args.size_gb, args.experts)
     large = ensure_checkpoint(workdir, layers, args.experts)
     small = ensure_checkpoint(workdir, args.small_layers, args.experts)

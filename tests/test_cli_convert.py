@@ -16,12 +16,25 @@ def test_convert_then_verify_pair(
     out = tmp_path / "bf16"
     code, text, _ = run(capsys, "convert", str(tiny_ckpt), str(out), "--dtype", "bf16")
     assert code == 0
-    assert text.startswith(f"wrote {out}: 91 tensors")
+    assert text.startswith(f"wrote {out}: 94 tensors")  # the 3 layers' inv_freq kept
     assert "config quantization_config: removed (weights are written as bfloat16" in text
     code, text, _ = run(capsys, "--json", "verify", str(tiny_ckpt), str(out))
     report = json.loads(text)
     assert code == 0 and report["ok"] is True and report["mode"] == "pair"
-    assert report["tensors_compared"] == 91
+    assert report["tensors_compared"] == 94
+
+
+def test_drop_extra_flag(
+    capsys: pytest.CaptureFixture[str], tiny_ckpt: Path, tmp_path: Path
+) -> None:
+    code, text, _ = run(capsys, "--json", "convert", str(tiny_ckpt), str(tmp_path / "kept"))
+    kept = json.loads(text)
+    assert code == 0 and (kept["linked"], kept["written"], kept["dropped"]) == (3, 0, 0)
+    out = tmp_path / "dropped"
+    code, text, _ = run(capsys, "--json", "convert", str(tiny_ckpt), str(out), "--drop-extra")
+    dropped = json.loads(text)
+    assert code == 0 and (dropped["linked"], dropped["written"], dropped["dropped"]) == (0, 3, 3)
+    assert dropped["tensors"] == kept["tensors"] - 3
 
 
 def test_slice_json_and_single_verify(

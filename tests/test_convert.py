@@ -20,7 +20,7 @@ from k2trt.checkpoint.inspection import InspectOptions, inspect_checkpoint
 from k2trt.checkpoint.manifest import MANIFEST_NAME
 from k2trt.checkpoint.reader import INDEX_NAME, Checkpoint
 from k2trt.checkpoint.safetensors import ShardWriter
-from k2trt.convert import pipeline
+from k2trt.convert import pipeline, shards
 from k2trt.convert.partial import PROGRESS_NAME
 from k2trt.convert.pipeline import ConvertOptions, ConvertResult, convert_checkpoint
 from k2trt.convert.weights import slice_overrides
@@ -81,12 +81,12 @@ def fail_on(monkeypatch: pytest.MonkeyPatch, shard: str, exc: BaseException, at:
 # fp8: the weights as shipped
 
 
-def test_fp8_output_is_clean_and_byte_identical(src: Path, tmp_path: Path) -> None:
+def test_drop_extra_rewrites_shards_without_inv_freq(src: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = convert(src, out, kv_cache_fp8=True)
+    result = convert(src, out, kv_cache_fp8=True, drop_extra=True)
     assert_clean(out)
     assert (out / "hf_quant_config.json").is_file()  # metadata got the flag
-    assert "with --keep-extra they would be hard-linked" in result.notes[0]
+    assert "without --drop-extra they would be hard-linked" in result.notes[0]
     before, after = raw_tensors(src), raw_tensors(out)
     dropped = {n for n in before if n.endswith("rotary_emb.inv_freq")}
     assert dropped and set(after) == set(before) - dropped
@@ -96,11 +96,13 @@ def test_fp8_output_is_clean_and_byte_identical(src: Path, tmp_path: Path) -> No
     assert not list(out.glob("*.py"))  # remote code never travels
 
 
-def test_keep_extra_hard_links_unchanged_shards(src: Path, tmp_path: Path) -> None:
+def test_default_hard_links_unchanged_shards_and_keeps_inv_freq(src: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = convert(src, out, keep_extra=True)
+    result = convert(src, out)
     assert_clean(out)
     assert (result.linked, result.written, result.dropped) == (3, 0, 0)
+    assert not result.notes
+    assert [n for n in raw_tensors(out) if n.endswith("rotary_emb.inv_freq")]
     for shard in src.glob("*.safetensors"):
         assert (out / shard.name).stat().st_ino == shard.stat().st_ino
     assert raw_tensors(out) == raw_tensors(src)
@@ -109,7 +111,7 @@ def test_keep_extra_hard_links_unchanged_shards(src: Path, tmp_path: Path) -> No
 def test_mode_copy_and_link_fallback_across_filesystems(
     src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    copied = convert(src, tmp_path / "copy", keep_extra=True, mode="copy")
+    copied = convert(src, tmp_path / "copy", mode="copy")
     assert (copied.copied, copied.linked) == (3, 0)
     shard = tmp_path / "copy" / SECOND
     assert shard.stat().st_ino != (src / SECOND).stat().st_ino
@@ -118,11 +120,11 @@ def test_mode_copy_and_link_fallback_across_filesystems(
     def no_link(*_: Any, **__: Any) -> None:
         raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
 
-    monkeypatch.setattr(pipeline.os, "link", no_link)
-    auto = convert(src, tmp_path / "auto", keep_extra=True)
+    monkeypatch.setattr(shards.os, "link", no_link)
+    auto = convert(src, tmp_path / "auto")
     assert (auto.copied, auto.linked) == (3, 0)
     with pytest.raises(K2Error, match=r"cannot hard-link.*--mode copy") as err:
-        convert(src, tmp_path / "link", keep_extra=True, mode="link")
+        convert(src, tmp_path / "link", mode="link")
     assert "\n" not in str(err.value)
 
 
@@ -138,7 +140,7 @@ def test_manifest_is_written_last_and_hashes_every_file(
 
     monkeypatch.setattr(pipeline, "write_manifest", spy)
     out = tmp_path / "out"
-    result = convert(src, out, keep_extra=True)
+    result = convert(src, out)
     final = tree(out)
     manifest = json.loads(final.pop(MANIFEST_NAME))
     assert final == {k: v for k, v in seen.items() if not k.startswith(".")}
@@ -151,7 +153,7 @@ def test_manifest_is_written_last_and_hashes_every_file(
         n: {"bytes": len(d), "sha256": hashlib.sha256(d).hexdigest()} for n, d in sources.items()
     }
     assert manifest["config_changes"] == result.config_changes
-    assert manifest["options"]["keep_extra"] is True and "workers" not in manifest["options"]
+    assert manifest["options"]["drop_extra"] is False and "workers" not in manifest["options"]
     assert {"name", "sha256"} <= set(manifest["chat_template"])
 
 
@@ -160,7 +162,10 @@ def test_source_manifest_is_reused_and_checked(src: Path, tmp_path: Path) -> Non
     convert(src, tmp_path / "a")
     manifest = json.loads((tmp_path / "a" / MANIFEST_NAME).read_text())
     theirs = json.loads((src / MANIFEST_NAME).read_text())["files"]
-    assert manifest["source"]["files"] == theirs
+    assert all("mtime_ns" in entry for entry in theirs.values())  # inspect --hash pins them
+    assert manifest["source"]["files"] == {
+        n: {"bytes": e["bytes"], "sha256": e["sha256"]} for n, e in theirs.items()
+    }
     # A hash taken on the way that disagrees with the source's manifest is refused.
     (src / MANIFEST_NAME).write_text(
         json.dumps(
@@ -171,7 +176,122 @@ def test_source_manifest_is_reused_and_checked(src: Path, tmp_path: Path) -> Non
         )
     )
     with pytest.raises(K2Error, match=f"{SECOND}: sha256 .* differs from the source manifest"):
-        convert(src, tmp_path / "b", keep_extra=True)
+        convert(src, tmp_path / "b")
+
+
+def _pin_wrong_hash(src: Path) -> str:
+    """inspect --hash, then a manifest whose SECOND entry lies (size and mtime still match)."""
+    inspect_checkpoint(src, InspectOptions(hash=True))
+    data = json.loads((src / MANIFEST_NAME).read_text())
+    data["files"][SECOND]["sha256"] = "1" * 64
+    (src / MANIFEST_NAME).write_text(json.dumps(data))
+    return "1" * 64
+
+
+@pytest.mark.parametrize("mode", ["auto", "copy"])
+def test_manifest_digest_reused_only_while_size_and_mtime_match(
+    src: Path, tmp_path: Path, mode: str
+) -> None:
+    lie = _pin_wrong_hash(src)
+    # Size and mtime match: the recorded hash is taken as it is (the shard is not read for it).
+    convert(src, tmp_path / "a", mode=mode)
+    manifest = json.loads((tmp_path / "a" / MANIFEST_NAME).read_text())
+    assert manifest["files"][SECOND]["sha256"] == lie
+    assert manifest["source"]["files"][SECOND]["sha256"] == lie
+    # The mtime moved: the shard is hashed again, and the lie is found.
+    st = (src / SECOND).stat()
+    os.utime(src / SECOND, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    with pytest.raises(K2Error, match=f"{SECOND}: sha256 .* differs from the source manifest"):
+        convert(src, tmp_path / "b", mode=mode)
+    # A fresh manifest with the new mtime is trusted again.
+    inspect_checkpoint(src, InspectOptions(hash=True))
+    convert(src, tmp_path / "c", mode=mode)
+    real = hashlib.sha256((src / SECOND).read_bytes()).hexdigest()
+    manifest = json.loads((tmp_path / "c" / MANIFEST_NAME).read_text())
+    assert manifest["files"][SECOND]["sha256"] == real
+
+
+def test_trusted_copy_is_done_by_the_kernel(
+    src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inspect_checkpoint(src, InspectOptions(hash=True))
+
+    def no_user_copy(*_: Any) -> None:
+        raise AssertionError("copied through user space")
+
+    monkeypatch.setattr(shards, "_user_copy", no_user_copy)
+    result = convert(src, tmp_path / "out", mode="copy")
+    assert result.copied == 3
+    for shard in src.glob("*.safetensors"):
+        assert (tmp_path / "out" / shard.name).read_bytes() == shard.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [{}, {"mode": "copy"}, {"drop_extra": True}, {"dtype": "bf16"}, {"layers": 2, "experts": 3}],
+)
+def test_every_hash_is_taken_on_the_way_and_matches_hashlib(
+    src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, opts: dict[str, Any]
+) -> None:
+    read_back: list[str] = []
+    original = pipeline.hash_files
+
+    def spy(paths: list[Path], *args: Any) -> Any:
+        read_back.extend(p.name for p in paths)
+        return original(paths, *args)
+
+    monkeypatch.setattr(pipeline, "hash_files", spy)
+    monkeypatch.setattr("k2trt.convert.weights.STREAM_CHUNK", 4096)  # many pieces per tensor
+    out = tmp_path / "out"
+    convert(src, out, **opts)
+    assert not [n for n in read_back if n.endswith(".safetensors")]  # nor source nor output
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    for name, entry in manifest["files"].items():
+        assert entry["sha256"] == hashlib.sha256((out / name).read_bytes()).hexdigest(), name
+    for name, entry in manifest["source"]["files"].items():
+        assert entry["sha256"] == hashlib.sha256((src / name).read_bytes()).hexdigest(), name
+
+
+def test_output_is_synced_once_before_it_is_published(
+    src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fsynced: list[str] = []
+    real_fsync = os.fsync
+
+    def spy_fsync(fd: int) -> None:
+        fsynced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    synced: list[bool] = []
+    real_sync = pipeline.sync_tree
+
+    def spy_sync(root: Path) -> None:
+        synced.append((root / MANIFEST_NAME).is_file() and not (tmp_path / "out").exists())
+        real_sync(root)
+
+    monkeypatch.setattr(os, "fsync", spy_fsync)
+    monkeypatch.setattr(pipeline, "sync_tree", spy_sync)
+    convert(src, tmp_path / "out", drop_extra=True)
+    assert synced == [True]  # once, after the manifest, before the rename
+    assert not [p for p in fsynced if p.endswith(".safetensors")]  # no fsync per shard
+    assert str(tmp_path) in fsynced  # the rename into place is made durable too
+
+
+def test_sync_falls_back_to_fsync_per_file(
+    src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fsynced: list[str] = []
+    real_fsync = os.fsync
+
+    def spy_fsync(fd: int) -> None:
+        fsynced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr("k2trt.convert.partial._syncfs", lambda root: False)
+    monkeypatch.setattr(os, "fsync", spy_fsync)
+    convert(src, tmp_path / "out", drop_extra=True)
+    shard_syncs = {Path(p).name for p in fsynced if p.endswith(".safetensors")}
+    assert shard_syncs == {p.name for p in src.glob("*.safetensors")}
 
 
 def test_progress_reports_every_byte(src: Path, tmp_path: Path) -> None:
@@ -276,17 +396,17 @@ def test_resume_after_a_kill_skips_finished_shards(
     with monkeypatch.context() as m:
         fail_on(m, SECOND, KeyboardInterrupt(), at=5)
         with pytest.raises(KeyboardInterrupt):
-            convert(src, out, workers=1)
+            convert(src, out, workers=1, drop_extra=True)
     partial = tmp_path / ".out.partial"
     assert not out.exists() and not (partial / MANIFEST_NAME).exists()
     assert list(json.loads((partial / PROGRESS_NAME).read_text())["shards"]) == [
         "model-1-of-3.safetensors"
     ]
-    resumed = convert(src, out, workers=1)
+    resumed = convert(src, out, workers=1, drop_extra=True)
     assert (resumed.skipped, resumed.written) == (1, 2)
     assert resumed.notes and resumed.notes[0].startswith("resuming")
     clean = tmp_path / "clean" / "out"  # same name: the manifest must match byte for byte
-    convert(src, clean)
+    convert(src, clean, drop_extra=True)
     assert tree(out) == tree(clean)
 
 
@@ -297,7 +417,7 @@ def test_changed_options_start_over(
     with monkeypatch.context() as m:
         fail_on(m, SECOND, KeyboardInterrupt())
         with pytest.raises(KeyboardInterrupt):
-            convert(src, out, workers=1)
+            convert(src, out, workers=1, drop_extra=True)
     result = convert(src, out, dtype="bf16")
     assert result.skipped == 0 and result.written == 3
     assert "starting over" in result.notes[0] and "options" in result.notes[0]
@@ -310,7 +430,7 @@ def test_disk_full_mid_shard_is_one_clean_line(
     out = tmp_path / "out"
     fail_on(monkeypatch, SECOND, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), at=3)
     with pytest.raises(K2Error) as err:
-        convert(src, out)
+        convert(src, out, drop_extra=True)
     message = str(err.value)
     assert SECOND in message and "No space left on device" in message and "\n" not in message
     assert not out.exists()
@@ -380,7 +500,7 @@ def _poison_scale(src: Path) -> str:
     return info.name
 
 
-@pytest.mark.parametrize("opts", [{}, {"keep_extra": True}, {"dtype": "bf16"}])
+@pytest.mark.parametrize("opts", [{}, {"drop_extra": True}, {"dtype": "bf16"}])
 def test_bad_scale_found_while_converting(src: Path, tmp_path: Path, opts: dict[str, Any]) -> None:
     name = _poison_scale(src)
     with pytest.raises(

@@ -54,7 +54,7 @@ def test_wrong_types_are_named() -> None:
         "spec.build.context: expected int, got str '4096'",
         build={"gpus": "H100x1", "context": "4096"},
     )
-    refused("spec.convert.keep_extra: expected bool, got str 'yes'", convert={"keep_extra": "yes"})
+    refused("spec.convert.drop_extra: expected bool, got str 'yes'", convert={"drop_extra": "yes"})
     refused(
         "spec.gates.perf.min.output_token_throughput: expected float, got str 'fast'",
         gates={"perf": {"min": {"output_token_throughput": "fast"}}},

@@ -104,6 +104,10 @@ def test_k2_slice_keeps_real_hidden_sizes() -> None:
     )
     assert (cfg.q_lora_rank, cfg.kv_lora_rank, cfg.num_attention_heads) == (1536, 512, 64)
     assert (cfg.num_hidden_layers, cfg.n_routed_experts, cfg.num_experts_per_tok) == (4, 8, 8)
+    # The real vocabulary's rows (the tokenizer's 1536 ids, then padding), so benches hold the
+    # real 2.35 GB BF16 embedding and lm_head.
+    assert cfg.vocab_size == 163_840 == KIMI_K2_0711["vocab_size"]
+    assert synth_config(SynthOptions(preset="tiny"), 1536, 1280, 1281)["vocab_size"] == 1536
 
 
 def test_layers_and_experts_override_and_clip_top_k() -> None:

@@ -58,8 +58,11 @@ def convert(
         "auto", "--mode", help="Unchanged shards: auto (hard-link, else copy), link, copy, reshard."
     ),
     shard_size: str = typer.Option(None, "--shard-size", help="Re-shard to about this size (5GB)."),
-    keep_extra: bool = typer.Option(
-        False, "--keep-extra", help="Keep rotary_emb.inv_freq tensors (dropped by default)."
+    drop_extra: bool = typer.Option(
+        False,
+        "--drop-extra",
+        help="Drop rotary_emb.inv_freq (unused by engines; kept by default so that unchanged "
+        "shards are linked, not rewritten).",
     ),
     kv_cache_fp8: bool = typer.Option(
         False, "--kv-cache-fp8", help="Write hf_quant_config.json declaring an FP8 KV cache."
@@ -78,7 +81,7 @@ def convert(
         dtype=cast(Any, dtype),  # checked by the pipeline's check_options
         mode=cast(Any, mode),
         shard_size=_size(shard_size),
-        keep_extra=keep_extra,
+        drop_extra=drop_extra,
         kv_cache_fp8=kv_cache_fp8,
         workers=workers,
         force=force,
@@ -127,19 +130,51 @@ def verify(
     after dequantization (and logits when small). Exit 1 past tolerance."""
     from k2trt.convert.verify import VerifyOptions, verify_checkpoint
 
-    report = verify_checkpoint(a, b, VerifyOptions(sample=sample, seed=seed))
+    with OUTPUT.progress("verify") as ticker:
+        report = verify_checkpoint(a, b, VerifyOptions(sample=sample, seed=seed), ticker)
     data = report.to_dict()
     OUTPUT.result(data, lambda d: _render_verify(d))
     if not report.ok:
         raise typer.Exit(EXIT_FAILED)
 
 
+# Shown in human mode: the --json report holds every field.
+_LOGIT_FIELDS = (
+    ("max_abs", "max |d|", "{:.3g}"),
+    ("max_rel", "max rel", "{:.3g}"),
+    ("median_rel_l2", "median rel L2", "{:.3g}"),
+    ("top1_agree", "top-1 agree", "{:.1%}"),
+    ("std", "std", "{:.3g}"),
+)
+
+
 def _render_verify(d: dict[str, Any]) -> str:
-    lines = [f"verify ({d.get('mode')}): {'ok' if d.get('ok') else 'FAILED'}"]
-    for key in ("tensors_compared", "greedy_tokens", "logits"):
-        if d.get(key) is not None:
-            lines.append(f"  {key}: {d[key]}")
-    for worst in (d.get("worst") or [])[:5]:
-        lines.append(f"  worst: {worst}")
+    compared = f"{d.get('tensors_compared', 0):,} of {d.get('tensors_total') or 0:,}"
+    lines = [
+        f"verify ({d.get('mode')}): {'ok' if d.get('ok') else 'FAILED'}",
+        f"  tensors      {compared} {'compared' if d.get('mode') == 'pair' else 'loaded'}",
+    ]
+    if d.get("greedy_tokens") is not None:
+        lines.append(f"  greedy ids   {' '.join(str(t) for t in d['greedy_tokens'])}")
+    if d.get("logits"):
+        lines.append(f"  logits       {_render_logits(d['logits'])}")
+    # only tensors that differ at all; identical ones say nothing
+    for w in [w for w in d.get("worst") or [] if w["max_abs"] > 0][:5]:
+        mark = "ok" if w["ok"] else "OVER"
+        lines.append(
+            f"  differs      {w['name']} ({w['kind']}): max |d| {w['max_abs']:.3g}, "
+            f"max rel {w['max_rel']:.3g} (atol {w['atol']:.3g}, rtol {w['rtol']:.3g}) {mark}"
+        )
     lines += [f"  - {f}" for f in d.get("findings") or []]
     return "\n".join(lines)
+
+
+def _render_logits(logits: dict[str, Any]) -> str:
+    shape = "x".join(str(n) for n in logits.get("shape", []))
+    parts = [shape, "finite" if logits.get("finite") else "NOT finite"]
+    parts += [
+        f"{label} {fmt.format(logits[key])}"
+        for key, label, fmt in _LOGIT_FIELDS
+        if logits.get(key) is not None
+    ]
+    return ", ".join(parts)

@@ -7,6 +7,7 @@ other starts over. The directory becomes OUT only when `publish` renames it into
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import shutil
@@ -142,8 +143,45 @@ def prune(partial: Path, keep: set[str]) -> None:
             path.unlink()
 
 
+def sync_tree(root: Path) -> None:
+    """Make everything under `root` durable with one syncfs(2) of its filesystem (an fsync of
+    every file where syncfs is unavailable), then fsync its directories: what was written
+    without a per-file fsync reaches stable storage before the rename that publishes it."""
+    if not _syncfs(root):
+        for path in root.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                _fsync_path(path, os.O_RDONLY)
+    for path in [root, *(p for p in root.rglob("*") if p.is_dir() and not p.is_symlink())]:
+        _fsync_path(path, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def _syncfs(root: Path) -> bool:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        call = libc.syncfs
+    except (OSError, AttributeError):  # not Linux/glibc
+        return False
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if call(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), str(root))
+    finally:
+        os.close(fd)
+    return True
+
+
+def _fsync_path(path: Path, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def publish(partial: Path, out: Path, force: bool) -> None:
-    """Move the finished directory into place; an old OUT is replaced only with `force`."""
+    """Move the finished (synced) directory into place; an old OUT is replaced only with
+    `force`. The parent directory is fsynced after, so the rename itself is durable."""
     exists = out.exists() or out.is_symlink()
     if exists and not force:  # it appeared while we worked: keep ours resumable
         raise K2Error("output already exists (use --force to replace it)", path=out)
@@ -153,5 +191,6 @@ def publish(partial: Path, out: Path, force: bool) -> None:
         _remove(old)
         os.replace(out, old)
     os.replace(partial, out)
+    _fsync_path(out.parent, os.O_RDONLY | os.O_DIRECTORY)
     if old.exists() or old.is_symlink():
         _remove(old)

@@ -4,7 +4,7 @@ One op per source tensor, decided from its name (a table of roles) and the optio
 
 | role    | fp8 output | bf16 output | slice                                     |
 |---------|------------|-------------|-------------------------------------------|
-| rotary  | drop       | drop        | (kept with keep_extra)                    |
+| rotary  | keep       | keep        | (dropped with drop_extra)                 |
 | scale   | keep       | drop        | folded into its weight by dequantization  |
 | fp8     | keep       | dequantize  |                                           |
 | router  | keep       | keep        | slice-rows: the first E experts' rows     |
@@ -17,8 +17,8 @@ Names never change: TensorRT-LLM and transformers read the same names the source
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
@@ -45,16 +45,17 @@ class Op(str, Enum):
 
 # Name -> role; first match wins. Tensors matching nothing are "fp8" (by stored dtype) or "other".
 ROLES: tuple[tuple[re.Pattern[str], str], ...] = (
-    # Stored by the originals, recomputed by every engine: junk on disk.
+    # Stored by the originals, recomputed by every engine and never looked up by TensorRT-LLM's
+    # loader: harmless to keep (then unchanged shards can be linked), dropped with drop_extra.
     (re.compile(r"\.self_attn\.rotary_emb\.inv_freq$"), "rotary"),
     (re.compile(r"_scale_inv$"), "scale"),
     # One row (one entry) per routed expert: cut to the experts a slice keeps.
     (re.compile(r"\.mlp\.gate\.(weight|e_score_correction_bias)$"), "router"),
 )
-# (role, output dtype) -> op, before slicing and keep_extra adjust it.
+# (role, output dtype) -> op, before slicing and drop_extra adjust it.
 TRANSFORMS: dict[tuple[str, str], Op] = {
-    ("rotary", "fp8"): Op.DROP,
-    ("rotary", "bf16"): Op.DROP,
+    ("rotary", "fp8"): Op.KEEP,
+    ("rotary", "bf16"): Op.KEEP,
     ("scale", "fp8"): Op.KEEP,
     ("scale", "bf16"): Op.DROP,
     ("fp8", "fp8"): Op.KEEP,
@@ -72,12 +73,12 @@ EXPERT_RE = re.compile(r"\.mlp\.experts\.(\d+)\.")
 class Selection:
     """The tensors a run keeps and how it changes them.
 
-    >>> Selection("bf16", keep_extra=False, layers=2, experts=3, source_experts=8).slicing_experts
+    >>> Selection("bf16", drop_extra=True, layers=2, experts=3, source_experts=8).slicing_experts
     True
     """
 
     dtype: str = "fp8"
-    keep_extra: bool = False
+    drop_extra: bool = False
     layers: int | None = None  # keep layers [0, layers); None: all (and any MTP layers)
     experts: int | None = None  # keep experts [0, experts); None: all
     source_experts: int = 0
@@ -110,8 +111,8 @@ def op_for(name: str, dtype: str, sel: Selection) -> Op:
     if not sel.keeps(name):
         return Op.DROP
     role = role_of(name, dtype)
-    if role == "rotary" and sel.keep_extra:
-        return Op.KEEP
+    if role == "rotary" and sel.drop_extra:
+        return Op.DROP
     if role == "router" and sel.slicing_experts:
         return Op.ROWS
     return TRANSFORMS[(role, sel.dtype)]
@@ -241,16 +242,43 @@ def _expert_overrides(cfg: ModelConfig, experts: int) -> dict[str, tuple[Any, st
 # Producing output bytes
 
 
+STREAM_CHUNK = 32 << 20  # a kept tensor is copied through in pieces of this size
+# (file offset, source bytes) for every piece of a source tensor read, in file order.
+Seen = Callable[[int, NDArray[Any]], None]
+
+
 def read_raw(files: ShardFiles, info: TensorInfo) -> NDArray[Any]:
     """A tensor's stored bytes (flat uint8, a fresh buffer); read errors name the shard."""
     buf = np.empty(info.nbytes, dtype=np.uint8)
+    _read_into(files, info, buf)
+    return buf
+
+
+def _read_into(files: ShardFiles, info: TensorInfo, buf: NDArray[Any]) -> None:
     try:
         files.read_into(info, buf.data)
     except OSError as exc:
         raise K2Error(
             f"tensor {info.name!r}: cannot read: {exc.strerror or exc}", path=info.shard
         ) from None
-    return buf
+
+
+def iter_raw(
+    files: ShardFiles, info: TensorInfo, nbytes: int, chunk: int | None = None
+) -> Iterator[tuple[int, NDArray[Any]]]:
+    """(file offset, bytes) pieces of a tensor's first `nbytes` stored bytes through one reused
+    buffer, so a 2.35 GB embedding never sits in memory whole. Use each piece before the next.
+
+    >>> [len(b) for _, b in iter_raw(files, info, 10, chunk=4)]  # doctest: +SKIP
+    [4, 4, 2]
+    """
+    chunk = chunk or STREAM_CHUNK
+    buf = np.empty(min(chunk, nbytes), dtype=np.uint8)
+    for offset in range(info.start, info.start + nbytes, chunk):
+        n = min(chunk, info.start + nbytes - offset)
+        piece = replace(info, start=offset, end=offset + n)
+        _read_into(files, piece, buf[:n])
+        yield offset, buf[:n]
 
 
 def check_scale(info: TensorInfo, raw: NDArray[Any]) -> None:
@@ -262,26 +290,35 @@ def check_scale(info: TensorInfo, raw: NDArray[Any]) -> None:
 
 def transform(
     plan: TensorPlan,
-    raw: NDArray[Any],
     files: ShardFiles,
     block: tuple[int, int] | None,
+    seen: Seen | None = None,
 ) -> Iterator[NDArray[Any] | torch.Tensor]:
     """The output tensor for `plan` as consecutive byte pieces; scales are checked on the way.
+    `seen(offset, bytes)` gets every source piece read (to hash the source on the way).
 
-    KEEP yields the raw bytes unchanged (byte-identical output by construction); DEQUANT yields
-    one block-row at a time, so a 264 MB weight never exists whole in bf16. Write each piece
-    before taking the next: the dequantized piece's buffer is reused.
+    KEEP yields the stored bytes unchanged (byte-identical output by construction) and ROWS a
+    prefix of them, both in STREAM_CHUNK pieces; DEQUANT yields one block-row at a time, so a
+    264 MB weight never exists whole in bf16. Write each piece before taking the next: buffers
+    are reused.
     """
-    if plan.op is Op.KEEP:
-        if role_of(plan.name, plan.src.dtype) == "scale":
+    if plan.op is Op.DEQUANT or role_of(plan.name, plan.src.dtype) == "scale":
+        raw = read_raw(files, plan.src)
+        if seen:
+            seen(plan.src.start, raw)
+        if plan.op is not Op.DEQUANT:
             check_scale(plan.src, raw)
-        yield raw
-    elif plan.op is Op.ROWS:
-        # Rows are the leading dimension: the first E rows are a prefix of the bytes.
-        yield raw[: plan.nbytes]
-    else:
-        assert plan.op is Op.DEQUANT and plan.scale is not None and block is not None
+            yield raw
+            return
+        assert plan.scale is not None and block is not None
         yield from _dequantize(plan, raw, files, block)
+        return
+    # KEEP, or ROWS: rows are the leading dimension, the first E rows a prefix of the bytes.
+    assert plan.op in (Op.KEEP, Op.ROWS)
+    for offset, piece in iter_raw(files, plan.src, plan.nbytes):
+        if seen:
+            seen(offset, piece)
+        yield piece
 
 
 def _dequantize(

@@ -214,7 +214,7 @@ def convert_run(ctx: Context) -> Outcome:
     c = ctx.spec.convert
     opts = ConvertOptions(
         dtype="bf16" if c.dtype == "bf16" else "fp8",
-        keep_extra=c.keep_extra,
+        drop_extra=c.drop_extra,
         kv_cache_fp8=c.kv_cache_fp8,
         layers=c.layers,
         experts=c.experts,

@@ -76,7 +76,7 @@ class ConvertSpec:
     """`k2trt convert` options; `layers`/`experts` make a slice."""
 
     dtype: str = "fp8"
-    keep_extra: bool = False
+    drop_extra: bool = False  # drop rotary_emb.inv_freq (kept by default: shards linked)
     kv_cache_fp8: bool = False
     layers: int | None = None
     experts: int | None = None

@@ -10,6 +10,8 @@ from k2trt.models.kimi_k2 import RELEASE_ROPE_FACTOR, kimi_k2_config
 
 # Size overrides on top of the real config. Every preset keeps at least one dimension that is
 # not a multiple of 128 so partial FP8 edge blocks are exercised (Kimi: kv_a 576 rows).
+# `vocab_size` sets the embedding and lm_head rows; the synthetic tokenizer stays small and the
+# rows past its ids are never looked up (they exist so sizes and memory peaks are the real ones).
 PRESETS: dict[str, dict[str, int]] = {
     # a few MB; loads and runs in transformers on CPU in well under a second
     "tiny": {
@@ -43,8 +45,9 @@ PRESETS: dict[str, dict[str, int]] = {
         "n_routed_experts": 16,
         "num_experts_per_tok": 4,
     },
-    # Kimi K2's real hidden sizes, few layers and experts (~2 GB at the defaults): benchmarks
-    "k2-slice": {"num_hidden_layers": 4, "n_routed_experts": 8},
+    # Kimi K2's real hidden sizes and vocabulary, few layers and experts (~6.7 GB at the
+    # defaults, 4.7 GB of it the two 2.35 GB BF16 vocabulary tensors): benchmarks, memory peaks
+    "k2-slice": {"num_hidden_layers": 4, "n_routed_experts": 8, "vocab_size": 163_840},
 }
 
 
@@ -66,7 +69,8 @@ def synth_config(opts: SynthOptions, vocab_size: int, bos: int, eos: int) -> dic
     if opts.release not in RELEASE_ROPE_FACTOR:
         raise K2Error(f"unknown release {opts.release!r} (known: {', '.join(RELEASE_ROPE_FACTOR)})")
     cfg = kimi_k2_config(opts.release)
-    cfg.update(PRESETS[opts.preset])
+    preset = PRESETS[opts.preset]
+    cfg.update(preset)
     if opts.layers is not None:
         if opts.layers < 1:
             raise K2Error(f"--layers must be at least 1, got {opts.layers}")
@@ -76,7 +80,9 @@ def synth_config(opts: SynthOptions, vocab_size: int, bos: int, eos: int) -> dic
             raise K2Error(f"--experts must be at least 1, got {opts.experts}")
         cfg["n_routed_experts"] = opts.experts
     cfg["num_experts_per_tok"] = min(cfg["num_experts_per_tok"], cfg["n_routed_experts"])
-    cfg.update(vocab_size=vocab_size, bos_token_id=bos, eos_token_id=eos)
+    # Never fewer rows than the tokenizer has ids; more (padding) where the preset says.
+    rows = max(vocab_size, preset.get("vocab_size", 0))
+    cfg.update(vocab_size=rows, bos_token_id=bos, eos_token_id=eos)
     return cfg
 
 
