@@ -1,6 +1,6 @@
 """HTTP gateway overhead: `k2trt serve` against its backend alone, in one run.
 
-    python bench/serve_bench.py [--seconds 3] [--quick]
+    python bench/serve_bench.py [--seconds 3] [--quick] [--workers 2 [--only-workers]]
 
 The backends cost nothing: `ScriptedBackend` replays pre-made chunks (one 4-character token
 each) and `PacedBackend` sleeps between tokens. The gateway runs under uvicorn in a child
@@ -47,9 +47,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from uvicorn.supervisors import Multiprocess
+
 from _util import print_table
 from k2trt.runtime.types import ChatChunk, ChatRequest
-from k2trt.serve.app import ServeConfig, create_app
+from k2trt.serve.app import Gateway, ServeConfig, create_app
 from k2trt.serve.scripted import ScriptedBackend
 from k2trt.serve.server import bind, make_config, serve_forever, url_of
 
@@ -136,15 +138,30 @@ async def floor_server() -> None:
     await server.serve_forever()
 
 
-def serve(kind: str) -> None:
+BENCH_CONFIG = ServeConfig(max_concurrency=1024, max_queue=1024, max_tokens_cap=None)
+
+
+def zero_app() -> Gateway:
+    """The app factory of each worker process (`--workers`): the zero-cost backend."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    return create_app(backend("zero"), BENCH_CONFIG)
+
+
+def serve(kind: str, workers: int = 1) -> None:
     """Child process: the gateway over a `kind` backend (or the floor); prints its URL and
-    serves until terminated."""
+    serves until terminated. With `workers` > 1: that many processes, as `k2trt serve
+    --workers` runs them (zero backend only)."""
     if kind == "floor":
         asyncio.run(floor_server())
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    config = ServeConfig(max_concurrency=1024, max_queue=1024, max_tokens_cap=None)
-    uv = make_config(create_app(backend(kind), config), "127.0.0.1", 0, 1)
+    if workers > 1:
+        uv = make_config("serve_bench:zero_app", "127.0.0.1", 0, 1, workers=workers)
+        sock = bind(uv)
+        print(url_of(sock), flush=True)
+        Multiprocess(uv, sockets=[sock]).run()
+        return
+    uv = make_config(create_app(backend(kind), BENCH_CONFIG), "127.0.0.1", 0, 1)
     sock = bind(uv)
     print(url_of(sock), flush=True)
     serve_forever(uv, sock)
@@ -276,9 +293,9 @@ async def alone(kind: str, streams: int, tokens: int, seconds: float, paced: boo
 class Server:
     """The gateway in a child process (its request log goes to a temp file)."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, workers: int = 1) -> None:
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close())
-        argv = [sys.executable, __file__, "--serve", kind]
+        argv = [sys.executable, __file__, "--serve", kind, "--workers", str(workers)]
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.log, text=True)
         assert self.proc.stdout is not None
         self.url = self.proc.stdout.readline().strip()
@@ -388,6 +405,36 @@ def paced_section(gateway: Server, floor: Server, seconds: float) -> dict[int, l
     return out
 
 
+def workers_section(workers: int, seconds: float) -> None:
+    """Saturated throughput with 1 and `workers` gateway processes (the client is this one
+    process: on a machine with few cores it competes with the workers)."""
+    rows, base = [], 0.0
+    for n in sorted({1, workers}):
+        server = Server("zero", n)
+        try:
+            time.sleep(3.0 if n > 1 else 0.0)  # workers import and start after the URL
+            g = asyncio.run(
+                over_http(
+                    server.url, server.proc.pid, COST_CONCURRENCY, SWEEP_TOKENS, seconds, False
+                )
+            )
+        finally:
+            server.close()
+        tokens = g.requests * SWEEP_TOKENS / g.elapsed
+        base = base or tokens
+        rows.append(
+            [str(n), f"{g.requests / g.elapsed:,.0f}", f"{tokens:,.0f}", f"{tokens / base:.2f}x"]
+            + [f"{pct(g.latencies, q) * 1e3:.2f}" for q in (0.5, 0.99)]
+        )
+    headers = ["workers", "req/s", "tok/s", "vs 1 worker", "p50 ms", "p99 ms"]
+    title = (
+        f"4. Workers: {COST_CONCURRENCY} streams, {SWEEP_TOKENS}-token answers, zero delay, "
+        f"closed loop ({os.cpu_count()} CPUs shared with the client; load before: "
+        f"{os.getloadavg()[0]:.2f})"
+    )
+    print_table(title, headers, rows)
+
+
 def verdict(name: str, value: float, target: float, unit: float, suffix: str) -> None:
     ok = "ok" if value < target else "MISSED"
     print(f"{name}: {value / unit:,.1f} {suffix} (target < {target / unit:,.0f} {suffix}): {ok}")
@@ -397,10 +444,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="measured time per point")
     parser.add_argument("--quick", action="store_true", help="1 s per point")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="also compare 1 and N gateway worker processes"
+    )
+    parser.add_argument("--only-workers", action="store_true", help="just the workers section")
     parser.add_argument("--serve", choices=("zero", "paced", "floor"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve)
+        serve(args.serve, args.workers)
+        return
+    if args.only_workers:
+        workers_section(args.workers, 1.0 if args.quick else args.seconds)
         return
     seconds = 1.0 if args.quick else args.seconds
     print(f"{os.cpu_count()} CPUs; gateway: uvicorn (h11, asyncio) in a child process")
@@ -429,6 +483,8 @@ def main() -> None:
     verdict("  the same over the floor", at[1], TARGET_REQUEST_S, 1e-6, "us")
     verdict(f"p50 delivery delay per token at {n} paced streams", at[2], TARGET_TOKEN_S, 1e-6, "us")
     print(f"  (the floor's: {at[3] * 1e6:,.1f} us)")
+    if args.workers > 1:
+        workers_section(args.workers, seconds)
 
 
 if __name__ == "__main__":

@@ -77,13 +77,14 @@ def test_openai_body_maps_onto_chat_request() -> None:
             {"role": "assistant", "content": "", "tool_calls": [CALL]},
             {"role": "tool", "content": "sunny", "tool_call_id": CALL["id"]},
         ],
-        tools=[  # only what the template renders: "strict" is dropped
+        tools=[  # what the template renders, and "strict" for the tool grammar
             {
                 "type": "function",
                 "function": {
                     "name": "get_weather",
                     "description": "Weather now.",
                     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+                    "strict": True,
                 },
             }
         ],

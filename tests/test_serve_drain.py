@@ -100,7 +100,7 @@ def finish_reason(lines: list[str]) -> Any:
         (
             d["choices"][0]["finish_reason"]
             for d in data
-            if d["choices"] and d["choices"][0]["finish_reason"]
+            if d.get("choices") and d["choices"][0]["finish_reason"]
         ),
         None,
     )
@@ -137,7 +137,7 @@ def test_cli_sigterm_drains_the_stream_in_flight(
     assert "Shutting down" in proc.communicate()[1]
 
 
-def test_drain_timeout_cuts_a_stream_that_runs_too_long(
+def test_drain_timeout_ends_a_stream_that_runs_too_long_with_an_error(
     stop_on_exit: list[subprocess.Popen[str]],
 ) -> None:
     proc, url = start(["-c", SCRIPTED, "1"])
@@ -148,8 +148,13 @@ def test_drain_timeout_cuts_a_stream_that_runs_too_long(
     assert proc.wait(10) == 0
     assert time.monotonic() - signalled < 3  # 1 s drain timeout, not the ~6 s stream
     thread.join(10)
-    assert lines[-1] == "cut: RemoteProtocolError"  # an incomplete chunked body
-    assert "data: [DONE]" not in lines
+    # Ended, not cut: an error event saying why, then the end of the stream.
+    error = json.loads(lines[-2][6:])["error"]
+    assert error["type"] == "service_unavailable"
+    assert error["message"] == "server shutting down: the drain timeout ran out; retry"
+    assert lines[-1] == "data: [DONE]"
+    assert finish_reason(lines) is None
+    assert "Traceback" not in proc.communicate()[1]
 
 
 def test_cli_needs_exactly_one_backend(tmp_path: Path) -> None:

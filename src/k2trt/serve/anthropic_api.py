@@ -26,7 +26,7 @@ import json
 from typing import Any
 
 from k2trt.runtime.types import ChatChunk, ChatRequest, ToolChoice
-from k2trt.serve.answer import Answer, ParsedChat, dumps
+from k2trt.serve.answer import Answer, ParsedChat, dumps, dumps_str
 from k2trt.serve.checks import (
     at,
     expect,
@@ -273,9 +273,10 @@ class EventWriter:
         self._text_head = b""
         self.answer = Answer()
 
-    def start(self) -> bytes:
-        """message_start (usage is known only at the end: see message_delta) and a ping."""
-        msg = message(self._id, self._model, Answer())
+    def start(self, prompt_tokens: int = 0) -> bytes:
+        """message_start, with the prompt's size when the backend gave it on its first chunk
+        (output tokens come in message_delta), and a ping."""
+        msg = message(self._id, self._model, Answer(prompt_tokens=prompt_tokens))
         msg.update(content=[], stop_reason=None)
         return _event("message_start", {"type": "message_start", "message": msg}) + _event(
             "ping", {"type": "ping"}
@@ -302,7 +303,7 @@ class EventWriter:
                 'event: content_block_delta\ndata: {"type":"content_block_delta",'
                 f'"index":{self._block},"delta":{{"type":"text_delta","text":'
             ).encode()
-        return out + self._text_head + dumps(text).encode() + b"}}\n\n"
+        return out + self._text_head + dumps_str(text).encode() + b"}}\n\n"
 
     def _tool(self, delta: dict[str, Any]) -> bytes:
         out = b""

@@ -14,11 +14,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hmac
-import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -38,7 +37,15 @@ from k2trt.runtime.types import (
     RequestRejected,
 )
 from k2trt.serve import anthropic_api, openai_api
-from k2trt.serve.answer import Answer, ParsedChat, dumps
+from k2trt.serve.answer import Answer, ParsedChat
+from k2trt.serve.asgi import (
+    Exchange,
+    close_quietly,
+    send_json,
+    uncancel_current,
+    until_disconnect,
+)
+from k2trt.serve.body import ClientGone, parse_json, read_body
 from k2trt.serve.errors import ApiError, anthropic_error, error_type, openai_error
 from k2trt.serve.limits import Admission, Readiness
 from k2trt.serve.metrics import CONTENT_TYPE, Metrics
@@ -48,6 +55,7 @@ log = logging.getLogger("k2trt.serve")
 CHAT_PATHS = ("/v1/chat/completions", "/v1/messages")
 OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})  # probes and scrapers need no key
 ROUTE_LABELS = frozenset({*CHAT_PATHS, "/v1/models", *OPEN_PATHS})
+STARTUP_CHECK_S = 5.0  # how long start-up waits for the backend's first readiness answer
 CLIENT_CLOSED = 499  # nginx's "client closed request": logged and counted, never sent
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -66,6 +74,7 @@ class ServeConfig:
     max_queue: int = 256
     max_tokens_cap: int | None = 16384
     max_body_bytes: int = 8 << 20
+    body_timeout_s: float = 30.0  # the whole body, counted from the end of the headers
     retry_after_s: int = 1
     ready_ttl_s: float = 1.0
     close_backend: bool = True  # close the backend when the server shuts down
@@ -90,7 +99,7 @@ class Writer(Protocol):
 
     answer: Answer
 
-    def start(self) -> bytes: ...
+    def start(self, prompt_tokens: int) -> bytes: ...
 
     def feed(self, chunk: ChatChunk) -> bytes: ...
 
@@ -133,114 +142,6 @@ def error_shape(path: str) -> Callable[[ApiError], dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------------------
-# ASGI helpers
-
-
-@dataclass
-class Exchange:
-    """What the request log and the metrics learn about one HTTP exchange."""
-
-    start: float
-    status: int = 0
-    complete: bool = False  # the last byte of the response is being sent
-    disconnected: bool = False
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    accounted: bool = False  # the answer's tokens and duration are in the metrics
-    recorded: bool = False  # the request is logged and counted
-
-
-class ClientGone(Exception):
-    """The client disconnected while its body was being read."""
-
-
-def _headers(extra: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
-    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
-
-
-async def send_json(
-    send: Send, status: int, body: Any, headers: Mapping[str, str] | None = None
-) -> None:
-    """A whole JSON response."""
-    data = dumps(body).encode()
-    raw = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(data))]
-    await send(
-        {"type": "http.response.start", "status": status, "headers": raw + _headers(headers or {})}
-    )
-    await send({"type": "http.response.body", "body": data})
-
-
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """The request body; 413 past `limit` bytes (Content-Length checked before reading)."""
-    for name, value in scope["headers"]:
-        if name == b"content-length" and value.isdigit() and int(value) > limit:
-            raise _too_large(limit)
-    parts: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        part = message.get("body", b"")
-        size += len(part)
-        if size > limit:
-            raise _too_large(limit)
-        parts.append(part)
-        if not message.get("more_body", False):
-            return b"".join(parts)
-
-
-def _too_large(limit: int) -> ApiError:
-    return ApiError(
-        413, f"body: larger than {limit} bytes (--max-body-bytes)", code="request_too_large"
-    )
-
-
-def parse_json(body: bytes) -> Any:
-    """The decoded body, or a 400."""
-    try:
-        return json.loads(body)
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-        raise ApiError(400, f"body: not valid JSON ({exc})", param="body") from None
-
-
-async def until_disconnect(receive: Receive, work: Coroutine[Any, Any, None], ex: Exchange) -> None:
-    """Run `work` in a task of its own, cancelled as soon as the client disconnects (sets
-    `ex.disconnected`). Plain asyncio: a cancellation is delivered once, so `work` can still
-    close the backend stream in its `finally`."""
-    task = asyncio.ensure_future(work)
-
-    async def watch() -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        if not ex.complete:
-            ex.disconnected = True
-            task.cancel()
-
-    watcher = asyncio.ensure_future(watch())
-    try:
-        await task
-    except asyncio.CancelledError:
-        if not (ex.disconnected and task.cancelled()):
-            raise  # cancelled from outside (the server's drain timeout): not ours to absorb
-    finally:
-        watcher.cancel()
-        if not task.done():
-            task.cancel()
-
-
-async def close_quietly(iterator: AsyncIterator[ChatChunk]) -> None:
-    """Close a backend iterator: stops generation (a closed LocalBackend or Triton stream
-    cancels its request)."""
-    aclose = getattr(iterator, "aclose", None)
-    if aclose is not None:
-        try:
-            await aclose()
-        except Exception:
-            log.exception("closing the backend stream failed")
-
-
-# ---------------------------------------------------------------------------------------------
 # The gateway
 
 
@@ -280,9 +181,25 @@ class Gateway:
 
     @asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        await self._check_backend()
         yield
         if self.config.close_backend:
             await self.backend.close()
+
+    async def _check_backend(self) -> None:
+        """At start-up: a warning when the backend does not answer (the gateway still starts;
+        /ready says 503 until it does)."""
+        try:
+            ok = await asyncio.wait_for(self.readiness.ready(fresh=True), STARTUP_CHECK_S)
+        except asyncio.TimeoutError:
+            ok = False
+        if not ok:
+            log.warning(
+                "the backend of %s does not answer or has no model loaded (%s); "
+                "chat requests get 503 until it does",
+                self.model,
+                getattr(self.backend, "url", type(self.backend).__name__),
+            )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -413,7 +330,11 @@ class Gateway:
         ex: Exchange = scope["k2trt.exchange"]
         try:
             parsed = api.parse(
-                parse_json(await read_body(scope, receive, self.config.max_body_bytes))
+                parse_json(
+                    await read_body(
+                        scope, receive, self.config.max_body_bytes, self.config.body_timeout_s
+                    )
+                )
             )
             if not await self.readiness.ready():
                 raise self._unavailable(f"backend for {self.model} is not ready")
@@ -422,6 +343,9 @@ class Gateway:
             return
         except ClientGone:
             ex.disconnected = True
+            return
+        except asyncio.CancelledError:
+            await self._drained(api, send, ex)
             return
         turn = Turn(api.id_prefix + secrets.token_hex(12), int(time.time()), self.model, parsed)
         await until_disconnect(receive, self._admitted(api, turn, send, ex), ex)
@@ -437,6 +361,24 @@ class Gateway:
         except ApiError as err:  # raised before the response began
             ex.complete = True
             await send_json(send, err.status, api.error_body(err), err.headers())
+        except asyncio.CancelledError:
+            if ex.disconnected:
+                raise
+            await self._drained(api, send, ex)
+
+    def _shutting_down(self) -> ApiError:
+        return self._unavailable("server shutting down: the drain timeout ran out; retry")
+
+    async def _drained(self, api: ChatApi, send: Send, ex: Exchange) -> None:
+        """The server's drain timeout cancelled this request before its answer began: a 503
+        with Retry-After, not uvicorn's bare 500 (the cancellation is absorbed: the request
+        task ends normally)."""
+        if ex.status:
+            raise asyncio.CancelledError  # the answer began: _stream ends it with an error event
+        uncancel_current()
+        err = self._shutting_down()
+        ex.complete = True
+        await send_json(send, err.status, api.error_body(err), err.headers())
 
     def _capped(self, request: ChatRequest) -> ChatRequest:
         cap = self.config.max_tokens_cap
@@ -457,6 +399,9 @@ class Gateway:
         if isinstance(exc, BackendUnavailable):
             self.readiness.down()
             return self._unavailable(f"backend unavailable: {exc}")
+        if isinstance(exc, (RecursionError, OverflowError)):  # checked at parse; a last guard
+            log.warning("request refused by the backend: %s: %s", type(exc).__name__, exc)
+            return ApiError(400, f"request: beyond what the model can take ({exc})")
         log.error("backend failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
         return ApiError(500, f"backend error: {type(exc).__name__}: {exc}")
 
@@ -523,7 +468,7 @@ class Gateway:
         writer = api.writer(turn)
         try:
             await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-            data = writer.start()
+            data = writer.start(first.prompt_tokens)  # known early if the backend says so
             try:
                 async for chunk in self._rest(chunks, first, ex):
                     data += writer.feed(chunk)
@@ -532,6 +477,15 @@ class Gateway:
                         data = b""
             except OSError:
                 raise
+            except asyncio.CancelledError:
+                if ex.disconnected:
+                    raise
+                uncancel_current()  # the drain timeout: tell the client why the stream ends early
+                err = self._shutting_down()
+                ex.status = err.status
+                await send(
+                    {"type": "http.response.body", "body": writer.fail(err), "more_body": True}
+                )
             except Exception as exc:
                 err = self._backend_error(exc)
                 ex.status = err.status  # logged as failed, though the stream began with 200

@@ -17,7 +17,8 @@ def _is_int(v: Any) -> bool:
 
 
 def _is_number(v: Any) -> bool:
-    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+    # An int of any size is finite (math.isfinite would overflow converting a huge one).
+    return _is_int(v) or (isinstance(v, float) and math.isfinite(v))
 
 
 KINDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
@@ -75,8 +76,18 @@ def in_range(value: float, where: str, low: float, high: float, low_open: bool =
     """`value` if low <= value <= high (low < value when `low_open`), else a 400."""
     if value < low or value > high or (low_open and value == low):
         bracket = "(" if low_open else "["
-        raise invalid(where, f"expected a value in {bracket}{low:g}, {high:g}], got {value:g}")
+        shown = _short(value)
+        raise invalid(where, f"expected a value in {bracket}{low:g}, {_short(high)}], got {shown}")
     return value
+
+
+def _short(value: float) -> str:
+    """A number for an error message: ints exactly (up to 20 digits), floats as %g."""
+    if isinstance(value, int):
+        if abs(value) < 10**20:
+            return str(value)
+        return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+    return f"{value:g}"
 
 
 def one_of(value: str, choices: tuple[str, ...], where: str) -> str:

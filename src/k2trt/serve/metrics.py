@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import glob
+import os
+import re
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # set: several worker processes share the series
+_LIVE_GAUGE_FILE = re.compile(r"gauge_live\w+_(\d+)\.db$")
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Seconds. First tokens wait for prefill (and the queue); later ones are one decode step.
@@ -13,7 +21,8 @@ DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
 class Metrics:
-    """Every series the gateway exports.
+    """Every series the gateway exports (summed over the worker processes when
+    $PROMETHEUS_MULTIPROC_DIR is set: gauges over the live workers only).
 
     >>> m = Metrics(); m.request("/health", 200)
     >>> b'k2trt_requests_total{route="/health",status="200"} 1.0' in m.render()
@@ -48,8 +57,16 @@ class Metrics:
             buckets=DURATION_BUCKETS,
             registry=r,
         )
-        self.queue_depth = Gauge("k2trt_queue_depth", "Requests waiting for a slot", registry=r)
-        self.in_flight = Gauge("k2trt_in_flight", "Requests holding a slot", registry=r)
+        self._multiproc_dir = os.environ.get(MULTIPROC_ENV)
+        self.queue_depth = Gauge(
+            "k2trt_queue_depth",
+            "Requests waiting for a slot",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.in_flight = Gauge(
+            "k2trt_in_flight", "Requests holding a slot", registry=r, multiprocess_mode="livesum"
+        )
         self._children: dict[tuple[str, int], Counter] = {}
 
     def request(self, route: str, status: int) -> None:
@@ -69,4 +86,25 @@ class Metrics:
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""
-        return generate_latest(self.registry)
+        if self._multiproc_dir is None:
+            return generate_latest(self.registry)
+        _forget_dead_workers(self._multiproc_dir)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, self._multiproc_dir)  # type: ignore[no-untyped-call]
+        return generate_latest(merged)
+
+
+def _forget_dead_workers(path: str) -> None:
+    """Drop the live gauges of worker processes that are gone (a replaced worker's
+    in-flight count must not linger); their counters stay, as counters must."""
+    for name in glob.glob(os.path.join(path, "gauge_live*_*.db")):
+        match = _LIVE_GAUGE_FILE.search(name)
+        if match is None:
+            continue
+        pid = int(match.group(1))
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+        except PermissionError:
+            pass

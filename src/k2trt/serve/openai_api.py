@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from k2trt.runtime.types import ChatChunk, ChatRequest, ToolChoice
-from k2trt.serve.answer import Answer, ParsedChat, dumps
+from k2trt.serve.answer import Answer, ParsedChat, dumps, dumps_str
 from k2trt.serve.checks import (
     at,
     expect,
@@ -38,6 +38,7 @@ ROLES = {
     "tool": "tool",
 }
 TOOL_CHOICES = ("auto", "none", "required")
+SEED_MAX = 2**63 - 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,7 +74,7 @@ def parse_chat(body: Any) -> ParsedChat:
         max_tokens=limit,
         temperature=_number(body, "temperature", DEFAULT_TEMPERATURE, 0.0, 2.0),
         top_p=_number(body, "top_p", 1.0, 0.0, 1.0, low_open=True),
-        seed=take(body, "seed", "integer"),
+        seed=_seed(body),
         stop=() if body.get("stop") is None else strings(body["stop"], "stop"),
     )
     include_usage = bool(take(options, "include_usage", "boolean", "stream_options"))
@@ -86,6 +87,12 @@ def _unsupported(body: dict[str, Any]) -> None:
         raise invalid("n", f"only 1 choice per request is supported, got {n}")
     if take(body, "logprobs", "boolean"):
         raise invalid("logprobs", "not supported")
+
+
+def _seed(body: dict[str, Any]) -> int | None:
+    """A seed the engines take: Triton's INT64 tensor and TensorRT-LLM's unsigned seed."""
+    seed = take(body, "seed", "integer")
+    return None if seed is None else int(in_range(seed, "seed", 0, SEED_MAX))
 
 
 def _number(
@@ -146,7 +153,11 @@ def _tools(body: dict[str, Any]) -> list[dict[str, Any]] | None:
 def _tool(tool: dict[str, Any], where: str) -> dict[str, Any]:
     one_of(take(tool, "type", "string", where) or "function", ("function",), at(where, "type"))
     fn = take(tool, "function", "object", where, required=True)
-    return function_tool(fn, at(where, "function"), "parameters")
+    out = function_tool(fn, at(where, "function"), "parameters")
+    strict = take(fn, "strict", "boolean", at(where, "function"))
+    if strict is not None:  # OpenAI's per-function flag: the tool grammar honours it
+        out["function"]["strict"] = strict
+    return out
 
 
 def _tool_choice(raw: Any, tools: list[dict[str, Any]] | None) -> ToolChoice:
@@ -230,19 +241,23 @@ class ChunkWriter:
         tail = _OPEN_TAIL if finish is None else _tail(finish)
         return self._head + dumps(delta).encode() + tail
 
-    def start(self) -> bytes:
-        """The first event: the assistant role."""
+    def start(self, prompt_tokens: int = 0) -> bytes:
+        """The first event: the assistant role (usage comes at the end)."""
         return self._chunk({"role": "assistant", "content": ""})
 
     def feed(self, chunk: ChatChunk) -> bytes:
         """Events for one backend chunk (none for an empty one); the last one ends the stream."""
         self.answer.add(chunk)
-        delta: dict[str, Any] = {}
-        if chunk.content:
-            delta["content"] = chunk.content
-        if chunk.tool_calls:
-            delta["tool_calls"] = chunk.tool_calls
-        out = self._chunk(delta) if delta else b""
+        if chunk.content and not chunk.tool_calls:  # the common case, without a dict or dumps
+            text = '{"content":' + dumps_str(chunk.content) + "}"
+            out = self._head + text.encode() + _OPEN_TAIL
+        else:
+            delta: dict[str, Any] = {}
+            if chunk.content:
+                delta["content"] = chunk.content
+            if chunk.tool_calls:
+                delta["tool_calls"] = chunk.tool_calls
+            out = self._chunk(delta) if delta else b""
         if chunk.finish_reason is None:
             return out
         out += self._chunk({}, chunk.finish_reason)

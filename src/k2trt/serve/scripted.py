@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Sequence
 
 from k2trt.chat.toolcalls import MARKERS, ToolCallParser, to_openai_stream_deltas
-from k2trt.runtime.chat import first_stop
+from k2trt.runtime.deltas import first_stop
 from k2trt.runtime.types import BackendUnavailable, ChatChunk, ChatRequest, RequestRejected
 
 _MARKER_SPLIT = re.compile("(" + "|".join(re.escape(m) for m in MARKERS) + ")")
@@ -146,10 +146,11 @@ class ScriptedBackend:
     async def _play(self, plan: list[ChatChunk], prompt_tokens: int) -> AsyncIterator[ChatChunk]:
         finished = False
         try:
-            for chunk in plan[:-1]:
+            for i, chunk in enumerate(plan[:-1]):
                 if self.delay_s:
                     await asyncio.sleep(self.delay_s)
-                yield chunk
+                # The prompt's size is known before the first token: say it on the first chunk.
+                yield dataclasses.replace(chunk, prompt_tokens=prompt_tokens) if i == 0 else chunk
             last = plan[-1]
             if self.delay_s:
                 await asyncio.sleep(self.delay_s)

@@ -13,6 +13,8 @@ from typing import Any
 
 import uvicorn
 
+from k2trt.serve.connections import GuardedProtocol, fd_capped
+
 DRAIN_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -38,10 +40,19 @@ class DrainingServer(uvicorn.Server):
 
 
 def make_config(
-    app: Any, host: str = "127.0.0.1", port: int = 8000, drain_timeout_s: int = 30
+    app: Any,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    drain_timeout_s: int = 30,
+    header_timeout_s: float = 10.0,
+    max_connections: int = 1024,
+    workers: int = 1,
 ) -> uvicorn.Config:
-    """uvicorn settings for the gateway (its own request log replaces uvicorn's access log)."""
-    return uvicorn.Config(
+    """uvicorn settings for the gateway (its own request log replaces uvicorn's access log).
+
+    `app` is the ASGI app, or with `workers` > 1 the import string of a factory that builds
+    it in each worker process. Connections are guarded (see connections.py)."""
+    config = uvicorn.Config(
         app,
         host=host,
         port=port,
@@ -50,7 +61,13 @@ def make_config(
         log_config=None,
         lifespan="on",
         server_header=False,
+        http=GuardedProtocol,
+        workers=workers,
+        factory=isinstance(app, str),
     )
+    config.header_timeout_s = header_timeout_s  # type: ignore[attr-defined]
+    config.max_connections = fd_capped(max_connections)  # type: ignore[attr-defined]
+    return config
 
 
 def bind(config: uvicorn.Config) -> socket.socket:
@@ -93,8 +110,15 @@ class ServerThread:
     ...     httpx.get(server.url + "/health")
     """
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", drain_timeout_s: int = 5) -> None:
-        self.config = make_config(app, host, 0, drain_timeout_s)
+    def __init__(
+        self,
+        app: Any,
+        host: str = "127.0.0.1",
+        drain_timeout_s: int = 5,
+        header_timeout_s: float = 10.0,
+        max_connections: int = 1024,
+    ) -> None:
+        self.config = make_config(app, host, 0, drain_timeout_s, header_timeout_s, max_connections)
         self.server = DrainingServer(self.config)
         self._sock = bind(self.config)
         self.url = url_of(self._sock)
