@@ -107,6 +107,16 @@ def test_the_summary_wins_over_a_derived_rate_of_the_same_name() -> None:
     ]
 
 
+def test_the_shipped_k2trt_gate_reads_k2trt_summaries() -> None:
+    gate = evalgate.load_gate(evalgate.GATE_FILE)
+    assert gate.command[:4] == ("k2trt", "--quiet", "eval", "toolcalls")
+    ours = {**summary(SCRIPTED), "schema_accuracy": 0.75, "malformed_count": 1}
+    assert check(ours, gate)["failures"] == [
+        "schema_accuracy 0.75 < min 0.99",
+        "malformed_count 1 > max 0",
+    ]
+
+
 WRITE = """
 import json, os, sys
 base_url, model, out, out_dir, extra = sys.argv[1:]

@@ -38,6 +38,8 @@ summary has no key of that name:
 - `success_rate` = success_count / (success_count + failure_count).
 K2VV's other headline figure, tool_call_f1, compares against the official API's results and is
 not in the summary: a wrapper command that adds it to the summary can gate on it by name.
+`k2trt eval toolcalls` writes the same summary (plus schema_accuracy, malformed_count, and
+tool_call_f1 with --reference); k2trt ships a gate for it, `load_gate(GATE_FILE)`.
 """
 
 from __future__ import annotations
@@ -53,8 +55,10 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 from k2trt.release.spec import EvalGate
+from k2trt.typed import from_mapping, load_yaml
 
 SUMMARY_NAME = "eval-summary.json"
+GATE_FILE = Path(__file__).parent.parent / "evaluate" / "data" / "toolcalls-gate.yaml"
 STDOUT_LOG, STDERR_LOG = "eval.log", "eval.stderr.log"
 COUNTS = (
     "success_count",
@@ -102,6 +106,15 @@ def run(gate: EvalGate, *, base_url: str, model: str, out_dir: Path) -> dict[str
     if isinstance(summary, str):
         return verdict("eval", {}, [summary])
     return check(summary, gate)
+
+
+def load_gate(path: Path) -> EvalGate:
+    """An eval gate from a YAML file holding what release.yaml's `gates.eval` holds.
+
+    >>> load_gate(GATE_FILE).min["schema_accuracy"]
+    0.99
+    """
+    return from_mapping(EvalGate, load_yaml(path, "eval gate"), str(path))
 
 
 def check(summary: Mapping[str, Any], gate: EvalGate) -> dict[str, Any]:
