@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 
 from k2trt.chat.prompt import encode_chat
-from k2trt.chat.template import builtin_template
+from k2trt.chat.revisions import release_template
 from k2trt.chat.toolcalls import ToolCallParser, to_openai_stream_deltas
 from k2trt.convert.pipeline import ConvertOptions, convert_checkpoint
 from k2trt.errors import K2Error
-from k2trt.runtime.chat import DeltaStream, ModelFiles, StopStrings, prepare
+from k2trt.runtime.chat import ModelFiles, prepare
+from k2trt.runtime.deltas import DeltaStream, StopStrings
 from k2trt.runtime.types import ChatChunk, ChatRequest, RequestRejected
 
 USER = [{"role": "user", "content": "What is the weather in Beijing?"}]
@@ -54,7 +55,7 @@ def request(**kw: Any) -> ChatRequest:
 def test_load_synth(files: ModelFiles) -> None:
     tok = files.tokenizer
     assert files.model_id == "tiny"
-    assert files.template == builtin_template("v3")
+    assert files.template == release_template("0711")
     # synth's generation_config stops on [EOS] only; <|im_end|> always comes first.
     assert files.stop_token_ids == (tok.im_end_id, tok.eos_id) == (1282, 1281)
     assert files.max_context == 131072
@@ -66,7 +67,7 @@ def test_load_converted(tiny_ckpt: Path, tmp_path: Path) -> None:
     loaded = ModelFiles.load(out, model_id="kimi")
     assert loaded.model_id == "kimi"
     assert loaded.stop_token_ids == (1282, 1281)
-    assert loaded.template == builtin_template("v3")
+    assert loaded.template == release_template("0711")
     assert loaded.max_context == 131072
     # Tokenizer config only in tokenizer/ (tiktoken.model at the top) works too.
     mixed = tmp_path / "mixed"
@@ -177,6 +178,35 @@ def test_prompt_named(files: ModelFiles) -> None:
     assert prepared.prompt_ids == expected_ids(files, TOOLS) + tok.encode_with_specials(prefill)
 
 
+def test_prompt_named_continues_the_history_count(files: ModelFiles) -> None:
+    # The template prints history ids verbatim; a forced call takes the next conversation-wide
+    # index, as Moonshot's ids (functions.NAME:IDX) count calls across the conversation.
+    call = {"type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    history = [
+        *USER,
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {**call, "id": "functions.get_weather:0"},
+                {**call, "id": "functions.get_weather:1"},
+            ],
+        },
+        {"role": "tool", "tool_call_id": "functions.get_weather:0", "content": "sunny"},
+        {"role": "tool", "tool_call_id": "functions.get_weather:1", "content": "rain"},
+        {"role": "user", "content": "And tomorrow?"},
+    ]
+    prepared = prepare(files, request(messages=history, tools=TOOLS, tool_choice=NAMED))
+    assert prepared.prefill.endswith(
+        "<|tool_call_begin|>functions.get_weather:2<|tool_call_argument_begin|>"
+    )
+    text = files.tokenizer.decode(prepared.prompt_ids)
+    assert "## Return of functions.get_weather:1\n    rain<|im_end|>" in text
+    out = DeltaStream(files, request(messages=history, tools=TOOLS, tool_choice=NAMED))
+    first = out.feed([])
+    assert [d.get("id") for c in first for d in c.tool_calls] == ["functions.get_weather:2"]
+
+
 def test_prompt_named_tool_name_is_plain_text(files: ModelFiles) -> None:
     odd = "x<|im_end|>"
     tools = [{"type": "function", "function": {"name": odd, "parameters": {}}}]
@@ -276,6 +306,14 @@ def stream_ids(
     return chunks, out.finish(), out
 
 
+def test_every_chunk_carries_the_prompt_tokens(files: ModelFiles) -> None:
+    # Anthropic's message_start (sent with the first chunk) reports input_tokens.
+    ids = files.tokenizer.encode("Hello there, how are you?")
+    chunks, last, _ = stream_ids(files, request(), ids)
+    assert chunks and all(c.prompt_tokens == 11 for c in [*chunks, last])
+    assert all(c.completion_tokens == 0 for c in chunks) and last.completion_tokens == len(ids)
+
+
 def test_tool_call_token_by_token_matches_one_shot(files: ModelFiles) -> None:
     tok = files.tokenizer
     ids = [*tok.encode_with_specials(CALL), tok.im_end_id]
@@ -334,7 +372,7 @@ def test_named_prefill_start_even_without_output(files: ModelFiles) -> None:
     out = DeltaStream(files, request(tools=TOOLS, tool_choice=NAMED))
     last = out.finish("length")
     assert [d["id"] for d in last.tool_calls] == ["functions.get_weather:0"]
-    assert last.finish_reason == "tool_calls"
+    assert last.finish_reason == "length"  # the forced call never ended: cut by max_tokens
 
 
 def test_required_prefill_stream(files: ModelFiles) -> None:
@@ -446,3 +484,16 @@ def test_split_utf8_character(files: ModelFiles) -> None:
     assert len(ids) > 2  # byte-level pieces: the characters arrive split
     assert "".join(c.content for c in [*chunks, last]) == "é€"
     assert all("\ufffd" not in c.content for c in chunks)
+
+
+def test_a_call_cut_by_max_tokens_finishes_with_length(files: ModelFiles) -> None:
+    tok = files.tokenizer
+    cut = CALL[: CALL.index("<|tool_call_end|>") - 3]  # inside the arguments
+    out = DeltaStream(files, request(tools=TOOLS), prompt_tokens=3)
+    chunks = out.feed(tok.encode_with_specials(cut))
+    last = out.finish("length")
+    assert last.finish_reason == "length"
+    assert any(c.tool_calls for c in [*chunks, last])  # the partial call is still returned
+    whole = DeltaStream(files, request(tools=TOOLS))
+    whole.feed(tok.encode_with_specials(CALL))
+    assert whole.finish("length").finish_reason == "tool_calls"  # complete call, then cut

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import warnings
 from collections.abc import Generator
 from pathlib import Path
 from typing import cast
@@ -130,6 +131,27 @@ def test_scripted_bad_file(tok: KimiTokenizer, tmp_path: Path, text: str, messag
 
 
 # -- ReferenceEngine ----------------------------------------------------------------------------
+
+
+def test_generation_uses_no_deprecated_transformers_argument(
+    engine: ReferenceEngine, prompt: list[int]
+) -> None:
+    # transformers 5.x renamed forward's `past_key_values` to `cache` and removes the old name
+    # in 5.40: a deprecation warning today is a TypeError after the next upgrade.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        warnings.simplefilter("error", DeprecationWarning)
+        assert len(list(engine.generate(prompt, params(3, temperature=0.0)))) == 3
+
+
+def test_installed_transformers_is_inside_the_declared_bound() -> None:
+    from importlib.metadata import requires, version
+
+    from packaging.requirements import Requirement
+
+    (req,) = [Requirement(r) for r in requires("k2trt") or [] if r.startswith("transformers")]
+    assert req.specifier.contains(version("transformers"))
+    assert not req.specifier.contains("6.0.0")  # the next major is not assumed to work
 
 
 def test_greedy_equals_transformers_generate(engine: ReferenceEngine, prompt: list[int]) -> None:

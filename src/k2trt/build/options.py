@@ -30,6 +30,15 @@ from k2trt.errors import K2Error
 SCHEMA_PACKAGE = "k2trt.build"
 SCHEMA_FILE = "llmapi_schema.json"
 
+# Generated ids per streamed response: TensorRT-LLM's `stream_interval` (TorchLlmArgs in
+# NVIDIA/TensorRT-LLM tensorrt_llm/llmapi/llm_args.py: "The iteration interval to create
+# responses under the streaming mode. Set this to a larger value when the batch size is large,
+# which helps reduce the streaming overhead"; upstream's default is 1). Ours is larger because
+# every streamed response costs the Python serving layers above the engine (Triton `chat`, the
+# gateway) a fixed amount of CPU, whatever it carries: bench/triton_bench.py measured it. A
+# spec's `options: {stream_interval: N}` overrides it (1: a response per token).
+DEFAULT_STREAM_INTERVAL = 16
+
 # MoE backend for Kimi K2's block-FP8 (128x128) experts, by GPU generation (the `generation`
 # values of k2trt.build.gpus). Written out explicitly because MoeConfig.backend defaulted to
 # CUTLASS up to 1.1 and defaults to AUTO since, and AUTO's choice may change between releases.
@@ -225,7 +234,20 @@ def validate_options(options: object, schema: Mapping[str, Any] | None = None) -
     specs = (schema if schema is not None else load_schema())["options"]
     if not isinstance(options, Mapping):
         return [f"options: expected a mapping of option names, got {_describe(options)}"]
-    return _check_mapping(options, specs, prefix="")
+    return _check_mapping(options, specs, prefix="") + _not_with_token_ids(options)
+
+
+def _not_with_token_ids(options: Mapping[Any, Any]) -> list[str]:
+    """Upstream options k2trt's token-id interface cannot honour (TensorRT-LLM source at the
+    schema's commit: with skip_tokenizer_init the LLM loads no tokenizer, and the PyTorch
+    executor's get_guided_decoding_config asserts one for xgrammar and llguidance)."""
+    if options.get("guided_decoding_backend") is None:
+        return []
+    return [
+        "option 'guided_decoding_backend': needs TensorRT-LLM's tokenizer, which k2trt skips "
+        "(skip_tokenizer_init); constrained tool calls run as k2trt's logits processor "
+        "(k2trt serve --tool-grammar, the Triton preprocessing model's tool_grammar)"
+    ]
 
 
 def ensure_valid(options: Mapping[str, Any], *, path: str | None = None) -> None:

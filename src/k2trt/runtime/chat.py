@@ -2,10 +2,8 @@
 
 `prepare` turns a `ChatRequest` into prompt ids (the checkpoint's template, user text never
 special), sampling parameters and the assistant text `tool_choice` forces into the prompt.
-`DeltaStream` turns the ids an engine generates into `ChatChunk` deltas: the incremental
-detokenizer, then stop strings, then the tool-call parser (the two pieces `OutputStream`
-combines, with the stop-string cut between them, so a stop string ends the raw output the
-way the model wrote it, markers included).
+The ids an engine generates become `ChatChunk` deltas in `k2trt.runtime.deltas`
+(`DeltaStream`).
 
 tool_choice:
 
@@ -16,20 +14,12 @@ tool_choice:
 - ``"required"``: the prompt ends with ``<|tool_calls_section_begin|>``, so the assistant turn
   starts inside a tool-call section and the model's first words are a call.
 - ``{"type": "function", "function": {"name": N}}``: the prompt also opens the call,
-  ``<|tool_call_begin|>functions.N:0<|tool_call_argument_begin|>``; the model writes the
-  arguments. The stream still starts with that call's id/name delta.
+  ``<|tool_call_begin|>functions.N:IDX<|tool_call_argument_begin|>``, IDX the number of tool
+  calls in the history (see `history_tool_calls`); the model writes the arguments. The stream
+  still starts with that call's id/name delta.
 
 `max_tokens` larger than the room the context leaves is capped to the room; None means all
 of it.
-
-Ending a turn: a stop id (`<|im_end|>`, `[EOS]`, generation_config's) is counted in
-`completion_tokens` but never becomes content; a stop string (`request.stop`) cuts the output
-before the match (the stop string that ends first, however the text arrived), text that
-could be the start of one is held back until it cannot. Either sets `DeltaStream.done`, and
-ids fed after it are ignored. The final chunk carries whatever was still held back (content
-and tool-call deltas both, in the rare case there are both: content first), finish_reason
-("tool_calls" whenever a call was kept), usage, and `stop_sequence`: the stop string that
-matched, as the request spelled it.
 """
 
 from __future__ import annotations
@@ -43,16 +33,9 @@ from typing import Any
 from k2trt.chat.prompt import encode_chat
 from k2trt.chat.template import load_chat_template
 from k2trt.chat.tokenizer import KimiTokenizer
-from k2trt.chat.toolcalls import (
-    ContentDelta,
-    Event,
-    ToolCallParser,
-    ToolCallStart,
-    to_openai_stream_deltas,
-)
 from k2trt.errors import K2Error
 from k2trt.fsutil import read_json
-from k2trt.runtime.types import ChatChunk, ChatRequest, RequestRejected, SamplingParams
+from k2trt.runtime.types import ChatRequest, RequestRejected, SamplingParams
 
 TOKENIZER_FILES = ("tiktoken.model", "tokenizer_config.json")
 TOKENIZER_SUBDIR = "tokenizer"  # where k2trt convert puts an AutoTokenizer-loadable copy
@@ -88,7 +71,8 @@ class ModelFiles:
         """Read a checkpoint (synth, source or converted) or a bare tokenizer directory.
 
         Tokenizer files are looked for at the top, then in `tokenizer/`; the chat template in
-        `chat_template.jinja` or `tokenizer_config.json` (built-in kimi-v3 if neither has one);
+        `chat_template.jinja` or `tokenizer_config.json` (our kimi-k2-instruct-0905 if neither
+        has one);
         `generation_config.json` is optional; `config.json` gives the context size.
         """
         root = Path(path)
@@ -226,6 +210,28 @@ def _declared_names(tools: Sequence[Any] | None) -> list[str]:
     return names
 
 
+def history_tool_calls(messages: Sequence[Any]) -> int:
+    """How many tool calls the assistant turns of `messages` made: the next call's index.
+
+    Kimi's call ids are `functions.NAME:IDX` with IDX counting calls across the conversation
+    (Moonshot's API writes them so; vLLM numbers forced calls the same way), and the real
+    templates print history ids as given, so a forced call continues that count.
+
+    >>> history_tool_calls([{"role": "assistant", "tool_calls": [{"id": "functions.f:0"}]}])
+    1
+    """
+    count = 0
+    for message in messages:
+        if isinstance(message, Mapping) and message.get("role") == "assistant":
+            calls = message.get("tool_calls")
+            count += len(calls) if isinstance(calls, list) else 0
+    return count
+
+
+def _forced_call_id(request: ChatRequest, name: str) -> str:
+    return f"functions.{name}:{history_tool_calls(request.messages)}"
+
+
 def prefill_text(request: ChatRequest) -> str:
     """The assistant text tool_choice forces: "" for auto/none (see the module docstring).
 
@@ -247,7 +253,7 @@ def prefill_text(request: ChatRequest) -> str:
             f"tool_choice names {name!r}, which is not among the tools ({', '.join(declared)})",
             "tool_choice",
         )
-    return f"{SECTION_BEGIN}{CALL_BEGIN}functions.{name}:0{ARGUMENT_BEGIN}"
+    return f"{SECTION_BEGIN}{CALL_BEGIN}{_forced_call_id(request, name)}{ARGUMENT_BEGIN}"
 
 
 def _prefill_ids(tok: KimiTokenizer, request: ChatRequest) -> list[int]:
@@ -259,7 +265,7 @@ def _prefill_ids(tok: KimiTokenizer, request: ChatRequest) -> list[int]:
     name = forced_tool(request)
     if name is not None:
         ids.append(tok.special_ids[CALL_BEGIN])
-        ids += tok.encode(f"functions.{name}:0")
+        ids += tok.encode(_forced_call_id(request, name))
         ids.append(tok.special_ids[ARGUMENT_BEGIN])
     return ids
 
@@ -267,7 +273,15 @@ def _prefill_ids(tok: KimiTokenizer, request: ChatRequest) -> list[int]:
 def _rendered_tools(request: ChatRequest) -> list[dict[str, Any]] | None:
     if request.tool_choice == "none" or not request.tools:
         return None
-    return request.tools
+    # "strict" steers the tool grammar (k2trt.chat.grammar), not the prompt.
+    return [_without_strict(tool) for tool in request.tools]
+
+
+def _without_strict(tool: Any) -> Any:
+    fn = tool.get("function") if isinstance(tool, Mapping) else None
+    if not isinstance(fn, Mapping) or "strict" not in fn:
+        return tool
+    return {**tool, "function": {k: v for k, v in fn.items() if k != "strict"}}
 
 
 def _sampling(files: ModelFiles, request: ChatRequest, prompt_len: int) -> SamplingParams:
@@ -322,196 +336,3 @@ def prepare(files: ModelFiles, request: ChatRequest) -> Prepared:
         raise RequestRejected(str(exc), field) from exc
     ids = encoded.ids + _prefill_ids(files.tokenizer, request)
     return Prepared(ids, _sampling(files, request, len(ids)), prefill)
-
-
-# ---------------------------------------------------------------------------------------------
-# Generated ids -> chunks
-
-
-def first_stop(text: str, stops: Sequence[str]) -> tuple[int, str] | None:
-    """(where it starts, which) of the stop string that ends first in `text`, or None.
-
-    The one that ends first is what a token-by-token reader meets first, so the answer does
-    not depend on how the text was cut into pieces; of two ending at once, the longer wins.
-
-    >>> first_stop("abcdef", ("bcde", "cd")), first_stop("abc", ("x",))
-    ((2, 'cd'), None)
-    """
-    found = [(i + len(s), i, s) for s in stops if s and (i := text.find(s)) >= 0]
-    if not found:
-        return None
-    _, start, stop = min(found)
-    return start, stop
-
-
-class StopStrings:
-    """Cuts streamed text at the first stop string; holds back a tail that may start one.
-
-    `matched` is the stop string that matched (None until one does).
-
-    >>> s = StopStrings(("END",))
-    >>> s.feed("abc E"), s.feed("ND tail"), s.matched
-    ('abc ', '', 'END')
-    """
-
-    def __init__(self, stops: Sequence[str]) -> None:
-        self.stops = tuple(s for s in stops if s)
-        self._held = ""
-        self.matched: str | None = None
-
-    def feed(self, text: str) -> str:
-        """Text that is safe to release now."""
-        if self.matched is not None:
-            return ""
-        if not self.stops:
-            return text
-        buf = self._held + text
-        hit = first_stop(buf, self.stops)
-        if hit is not None:
-            cut, self.matched = hit
-            self._held = ""
-            return buf[:cut]
-        keep = self._partial_tail(buf)
-        self._held = buf[len(buf) - keep :]
-        return buf[: len(buf) - keep]
-
-    def flush(self) -> str:
-        """End of text: a held tail never became a stop string."""
-        held, self._held = self._held, ""
-        return held
-
-    def _partial_tail(self, buf: str) -> int:
-        """Length of the longest suffix of `buf` that is a proper prefix of a stop string."""
-        longest = max(len(s) for s in self.stops) - 1
-        for k in range(min(longest, len(buf)), 0, -1):
-            tail = buf[-k:]
-            if any(s.startswith(tail) for s in self.stops):
-                return k
-        return 0
-
-
-class _PlainParser:
-    """tool_choice "none": everything is content (marker ids are dropped before decoding)."""
-
-    def feed(self, text: str) -> list[Event]:
-        return [ContentDelta(text)] if text else []
-
-    def finish(self) -> list[Event]:
-        return []
-
-    def has_calls(self) -> bool:
-        return False
-
-
-class _ToolParser:
-    def __init__(self, tools: Sequence[Mapping[str, Any]] | None) -> None:
-        self.parser = ToolCallParser(tools)
-
-    def feed(self, text: str) -> list[Event]:
-        return self.parser.feed(text)
-
-    def finish(self) -> list[Event]:
-        return self.parser.finish()
-
-    def has_calls(self) -> bool:
-        return bool(self.parser.result().tool_calls)
-
-
-def _chunks(events: Sequence[Event]) -> list[ChatChunk]:
-    """Deltas in order: consecutive content merged; consecutive tool-call deltas share a chunk.
-
-    A chunk never holds both, so a client reading content before tool_calls keeps the order.
-    """
-    chunks: list[ChatChunk] = []
-    for delta in to_openai_stream_deltas(events):
-        last = chunks[-1] if chunks else None
-        if "content" in delta:
-            if last is not None and not last.tool_calls:
-                last.content += delta["content"]
-            else:
-                chunks.append(ChatChunk(content=delta["content"]))
-        elif last is not None and last.tool_calls:
-            last.tool_calls.extend(delta["tool_calls"])
-        else:
-            chunks.append(ChatChunk(tool_calls=list(delta["tool_calls"])))
-    return chunks
-
-
-class DeltaStream:
-    """Per-request output state: generated ids -> ChatChunk deltas (never cumulative).
-
-    >>> out = DeltaStream(files, request, prompt_tokens=12)  # doctest: +SKIP
-    >>> chunks = out.feed(ids)            # content / tool_call deltas  # doctest: +SKIP
-    >>> last = out.finish("length")       # finish_reason + usage  # doctest: +SKIP
-    """
-
-    def __init__(self, files: ModelFiles, request: ChatRequest, prompt_tokens: int = 0) -> None:
-        tok = files.tokenizer
-        self._decoder = tok.incremental_decoder(skip_special_tokens=True)
-        self._stop_ids = frozenset(files.stop_token_ids)
-        self._stops = StopStrings(request.stop)
-        self._prompt_tokens = prompt_tokens
-        self._stopped_by_id = False
-        self.completion_tokens = 0
-        self._pending: list[Event] = []
-        self._parser: _PlainParser | _ToolParser
-        if request.tool_choice == "none":
-            self._parser = _PlainParser()
-            self._drop_ids = frozenset(tok.tool_marker_ids.values())
-        else:
-            self._parser = _ToolParser(request.tools)
-            self._drop_ids = frozenset()
-            # The forced start of the turn is in the prompt, not in the output: the parser reads
-            # it silently, except for the call start a named choice opens (clients need its id).
-            prefill = prefill_text(request)
-            self._pending = [e for e in self._parser.feed(prefill) if isinstance(e, ToolCallStart)]
-
-    @property
-    def done(self) -> bool:
-        """A stop string matched or a stop id came: the caller should stop generating."""
-        return self._stopped_by_id or self._stops.matched is not None
-
-    def feed(self, ids: Sequence[int]) -> list[ChatChunk]:
-        """Chunks for newly generated ids (no finish_reason); ids after `done` are ignored."""
-        events, self._pending = self._pending, []
-        if self.done:
-            return _chunks(events)
-        kept: list[int] = []
-        for token in ids:
-            self.completion_tokens += 1
-            if token in self._stop_ids:
-                self._stopped_by_id = True
-                break
-            if token not in self._drop_ids:
-                kept.append(token)
-        text = self._decoder.feed(kept) if kept else ""
-        events += self._parser.feed(self._stops.feed(text)) if text else []
-        return _chunks(events)
-
-    def finish(self, reason: str | None = None) -> ChatChunk:
-        """The last chunk: whatever was held back, finish_reason and usage.
-
-        finish_reason is "tool_calls" when a call was kept, else `reason` (the caller says
-        "length" when max_tokens ran out) unless a stop id or stop string ended the turn,
-        else "stop". `stop_sequence` names the stop string that ended the turn, if one did.
-        """
-        events, self._pending = self._pending, []
-        if self._stops.matched is None:
-            tail = self._stops.feed(self._decoder.flush()) + self._stops.flush()
-            events += self._parser.feed(tail) if tail else []
-        events += self._parser.finish()
-        chunks = _chunks(events)
-        last = ChatChunk(
-            content="".join(c.content for c in chunks),
-            tool_calls=[d for c in chunks for d in c.tool_calls],
-        )
-        if self._parser.has_calls():
-            last.finish_reason = "tool_calls"
-        elif self.done or reason is None:
-            last.finish_reason = "stop"
-        else:
-            last.finish_reason = reason
-        last.prompt_tokens = self._prompt_tokens
-        last.completion_tokens = self.completion_tokens
-        last.stop_sequence = self._stops.matched
-        return last

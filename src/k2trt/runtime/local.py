@@ -16,8 +16,11 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from k2trt.chat.grammar_engine import ToolGrammar
 from k2trt.errors import K2Error
-from k2trt.runtime.chat import DeltaStream, ModelFiles, Prepared, prepare
+from k2trt.runtime.chat import ModelFiles, Prepared, prepare
+from k2trt.runtime.constrain import constrain, grammar_for
+from k2trt.runtime.deltas import DeltaStream
 from k2trt.runtime.types import BackendUnavailable, ChatChunk, ChatRequest, Engine
 
 JOIN_TIMEOUT_S = 5.0  # close() waits this long for each engine thread to notice the flag
@@ -41,7 +44,13 @@ class LocalBackend:
     ...     print(chunk.content, chunk.finish_reason)  # doctest: +SKIP
     """
 
-    def __init__(self, files: ModelFiles, engine: Engine, max_concurrency: int = 1) -> None:
+    def __init__(
+        self,
+        files: ModelFiles,
+        engine: Engine,
+        max_concurrency: int = 1,
+        grammar: ToolGrammar | None = None,
+    ) -> None:
         if max_concurrency < 1:
             raise K2Error(f"max_concurrency must be at least 1, got {max_concurrency}")
         self.files = files
@@ -49,6 +58,7 @@ class LocalBackend:
         self.model_id = files.model_id
         self.max_context = files.max_context
         self.max_concurrency = max_concurrency
+        self.grammar = grammar  # tool-call grammar (k2trt.runtime.constrain); None: off
         # Made on first use, per event loop: an asyncio.Semaphore belongs to one loop, and a
         # backend may outlive one (tests, a CLI calling asyncio.run more than once).
         self._slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
@@ -56,11 +66,15 @@ class LocalBackend:
         self._closed = False
 
     @classmethod
-    def load(cls, ckpt: str | Path, model_id: str | None = None) -> LocalBackend:
-        """Model files and the CPU engine (`engine_for`: $K2TRT_SCRIPT honoured) of `ckpt`."""
+    def load(
+        cls, ckpt: str | Path, model_id: str | None = None, tool_grammar: str | None = None
+    ) -> LocalBackend:
+        """Model files and the CPU engine (`engine_for`: $K2TRT_SCRIPT honoured) of `ckpt`;
+        `tool_grammar` off | auto | strict (default $K2TRT_TOOL_GRAMMAR, else auto)."""
         from k2trt.runtime.reference import engine_for
 
-        return cls(ModelFiles.load(ckpt, model_id), engine_for(ckpt))
+        files = ModelFiles.load(ckpt, model_id)
+        return cls(files, engine_for(ckpt), grammar=grammar_for(files, tool_grammar))
 
     async def ready(self) -> bool:
         """True until `close()`."""
@@ -73,7 +87,8 @@ class LocalBackend:
         """
         if self._closed:
             raise BackendUnavailable(f"{self.model_id}: backend is closed")
-        return self._chunks(request, prepare(self.files, request))
+        prepared = constrain(prepare(self.files, request), request, self.grammar)
+        return self._chunks(request, prepared)
 
     async def close(self) -> None:
         """Cancel running generations and wait (briefly) for their threads."""

@@ -112,19 +112,46 @@ class ReferenceEngine:
         if params.seed is not None:
             generator = torch.Generator().manual_seed(params.seed)
         stops = frozenset(params.stop_token_ids)
+        # The tool-call grammar, if any: forbidden ids -> -inf before sampling, every step.
+        mask = None if params.constraint is None else params.constraint.start()
         with self._lock, torch.no_grad():
             step = torch.tensor([prompt_ids])
-            past = None
+            cache = {cache_keyword(self.model): new_cache(self.model)}  # updated in place
             for _ in range(params.max_tokens):
                 if cancelled():
                     return
-                out = self.model(input_ids=step, past_key_values=past, use_cache=True)
-                past = out.past_key_values
-                token = _sample(out.logits[0, -1], params, generator)
+                out = self.model(input_ids=step, use_cache=True, **cache)
+                logits = out.logits[0, -1]
+                if mask is not None:
+                    logits = logits.float()  # a copy for other dtypes: masked in place
+                    mask.apply(logits)
+                token = _sample(logits, params, generator)
+                if mask is not None:
+                    mask.accept(token)
                 yield token
                 if token in stops:
                     return
                 step = torch.tensor([[token]])
+
+
+def cache_keyword(model: Any) -> str:
+    """The KV-cache argument of the model's forward: `cache` from transformers 5.x (where
+    `past_key_values` is deprecated, removed in 5.40), `past_key_values` before."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def new_cache(model: Any) -> Any:
+    """An empty DynamicCache for the model (its config where the constructor takes one)."""
+    import inspect
+
+    from transformers import DynamicCache
+
+    if "config" in inspect.signature(DynamicCache.__init__).parameters:
+        return DynamicCache(config=model.config)
+    return DynamicCache()
 
 
 def engine_for(ckpt: str | Path) -> Engine:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from k2trt.errors import K2Error
-from k2trt.runtime.types import SamplingParams, never
+from k2trt.runtime.types import SamplingParams, TokenMask, never
 
 
 def unavailable() -> str | None:
@@ -58,7 +58,16 @@ class TrtllmEngine:
         params: SamplingParams,
         cancelled: Callable[[], bool] = never,
     ) -> Iterator[int]:
-        """Stream generated ids; aborts the request when `cancelled()` turns true."""
+        """Stream generated ids; aborts the request when `cancelled()` turns true.
+
+        A constraint (the tool-call grammar) runs as this request's logits processor: the
+        LLM API's own guided decoding needs a tokenizer, which skip_tokenizer_init leaves out.
+        A grammar failure aborts this request only (GrammarFailed raised here)."""
+        processor = None
+        extra: dict[str, Any] = {}
+        if params.constraint is not None:
+            processor = self._processor(params.constraint.start())
+            extra["logits_processor"] = processor
         sampling = self._trtllm.SamplingParams(
             max_tokens=params.max_tokens,
             temperature=params.temperature,
@@ -67,16 +76,80 @@ class TrtllmEngine:
             stop_token_ids=list(params.stop_token_ids),
             end_id=params.stop_token_ids[0] if params.stop_token_ids else None,
             detokenize=False,
+            **extra,
         )
         result = self._llm.generate_async(list(prompt_ids), sampling, streaming=True)
         for update in result:
-            if cancelled():
+            if cancelled() or (processor is not None and processor.failed is not None):
                 result.abort()
+                if processor is not None and processor.failed is not None:
+                    raise processor.failed
                 return
             yield from update.outputs[0].token_ids_diff
 
+    def _processor(self, mask: TokenMask) -> GrammarLogitsProcessor:
+        """Our processor, registered as TensorRT-LLM's LogitsProcessor (an ABC) when it has one."""
+        base = getattr(getattr(self._trtllm, "sampling_params", None), "LogitsProcessor", None)
+        if base is None:
+            return GrammarLogitsProcessor(mask)
+        cls = type("K2GrammarLogitsProcessor", (GrammarLogitsProcessor, base), {})
+        processor: GrammarLogitsProcessor = cls(mask)
+        return processor
+
     def shutdown(self) -> None:
         self._llm.shutdown()
+
+
+class GrammarLogitsProcessor:
+    """TensorRT-LLM's per-request logits processor protocol (`sampling_params.LogitsProcessor`:
+    called before each sampling step with the request's logits, edited in place, and its token
+    ids so far): advance the grammar by the ids generated since the last call, then mask.
+
+    It never raises into TensorRT-LLM's executor (a grammar bug must not take the server down,
+    as upstream saw in PR #17845): a failure is kept in `failed`, the logits are left alone,
+    and `TrtllmEngine.generate` aborts the request and raises it there.
+
+    >>> processor = GrammarLogitsProcessor(factory.start())  # doctest: +SKIP
+    >>> processor(0, logits, [prompt_and_generated_ids], None, None)  # doctest: +SKIP
+    """
+
+    def __init__(self, mask: TokenMask) -> None:
+        self.mask = mask
+        self.failed: Exception | None = None
+        self._seen: int | None = None  # token count at the first call: the prompt
+
+    def __call__(
+        self,
+        req_id: int,
+        logits: Any,
+        token_ids: list[list[int]],
+        stream_ptr: int | None,
+        client_id: int | None,
+    ) -> None:
+        if self.failed is not None:
+            return
+        try:
+            ids = token_ids[0]
+            if self._seen is None:
+                self._seen = len(ids)
+            for token in ids[self._seen :]:
+                self.mask.accept(token)
+            self._seen = len(ids)
+            with _on_stream(stream_ptr):
+                self.mask.apply(logits.view(-1, logits.shape[-1])[0])
+        except Exception as exc:  # kept for generate(); see the class docstring
+            self.failed = exc
+
+
+def _on_stream(stream_ptr: int | None) -> Any:
+    """TensorRT-LLM's CUDA stream for the processor's kernels (none on CPU)."""
+    import contextlib
+
+    if not stream_ptr:
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.cuda.stream(torch.cuda.ExternalStream(stream_ptr))  # type: ignore[no-untyped-call]
 
 
 def smoke(

@@ -13,15 +13,33 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 
+class TokenMask(Protocol):
+    """One generation's constraint state: mask the logits, then accept the sampled id."""
+
+    def apply(self, logits: Any) -> None: ...
+
+    def accept(self, token: int) -> None: ...
+
+
+class TokenConstraint(Protocol):
+    """A per-request constraint (a compiled tool-call grammar); `start()` once per generation."""
+
+    def start(self) -> TokenMask: ...
+
+
 @dataclass(frozen=True)
 class SamplingParams:
-    """What an engine needs besides the prompt. temperature 0 means greedy."""
+    """What an engine needs besides the prompt. temperature 0 means greedy.
+
+    `constraint` (k2trt.chat.grammar_engine.MaskFactory): engines that sample mask every
+    step with it (the CPU reference engine; TensorRT-LLM gets the grammar itself)."""
 
     max_tokens: int
     temperature: float = 0.6
     top_p: float = 1.0
     seed: int | None = None
     stop_token_ids: tuple[int, ...] = ()
+    constraint: TokenConstraint | None = None
 
 
 def never() -> bool:
@@ -69,9 +87,11 @@ class ChatChunk:
 
     `tool_calls` holds OpenAI stream tool-call deltas: the first for a call carries `index`,
     `id`, `type` and `function.name` (arguments ""), later ones `index` and an
-    `function.arguments` piece. `finish_reason` ("stop" | "length" | "tool_calls") and the token
-    counts are set on the last chunk only, and so is `stop_sequence`: the request's stop
-    string that ended the turn, exactly as listed (None when none did)."""
+    `function.arguments` piece. `prompt_tokens` may be set on every chunk (the prompt is known
+    before the first; Anthropic's `message_start` reports it); `finish_reason` ("stop" |
+    "length" | "tool_calls") and `completion_tokens` are set on the last chunk only, and so is
+    `stop_sequence`: the request's stop string that ended the turn, exactly as listed (None
+    when none did)."""
 
     content: str = ""
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
