@@ -17,6 +17,7 @@ from tritonclient.grpc import model_config_pb2
 from typer.testing import CliRunner
 
 from k2trt.build.bundle import Bundle, build_bundle
+from k2trt.build.options import DEFAULT_STREAM_INTERVAL
 from k2trt.build.spec import BuildSpec
 from k2trt.cli import package as package_cli
 from k2trt.errors import K2Error
@@ -78,7 +79,7 @@ def test_layout(out: Path) -> None:
     }
     model_files = {
         f"{REPOSITORY_DIR}/{m}/{spec.MODEL_FILES_DIR}/{f}"
-        for m in (spec.PRE_MODEL, spec.LLM_MODEL, spec.POST_MODEL)
+        for m in spec.MODELS  # chat too: it detokenizes and parses in-process
         for f in spec.MODEL_FILES
     }
     launchers = {f"{LAUNCH_DIR}/{f}" for f in launch.artifacts(_deployment(8, 8))}
@@ -158,11 +159,19 @@ def test_model_yaml(out: Path, bundle: Bundle) -> None:
     assert path.read_text() == yaml.safe_dump(yaml.safe_load(path.read_text()), sort_keys=True)
 
 
+def test_model_yaml_streams_several_ids_per_response(
+    out: Path, prepared_ckpt: Path, tmp_path: Path
+) -> None:
+    """k2trt's throughput default for stream_interval, unless the spec's options set one."""
+    path = out / REPOSITORY_DIR / spec.LLM_MODEL / spec.VERSION / "model.yaml"
+    assert yaml.safe_load(path.read_text())["stream_interval"] == DEFAULT_STREAM_INTERVAL > 1
+    own = BuildSpec(gpus="H200x8", options={"stream_interval": 1})
+    assert build_bundle(prepared_ckpt, tmp_path / "b", own).options["stream_interval"] == 1
+
+
 def test_model_files_are_copied_once_and_load(out: Path, bundle: Bundle) -> None:
     repo = out / REPOSITORY_DIR
-    dirs = [
-        repo / m / spec.MODEL_FILES_DIR for m in (spec.PRE_MODEL, spec.LLM_MODEL, spec.POST_MODEL)
-    ]
+    dirs = [repo / m / spec.MODEL_FILES_DIR for m in spec.MODELS]
     for name in spec.MODEL_FILES:
         inodes = {(d / name).stat().st_ino for d in dirs}
         assert len(inodes) == 1, name  # hard links: one copy on disk
@@ -227,6 +236,19 @@ def test_cpu_standin_keeps_the_interface(bundle: Bundle, tmp_path: Path) -> None
     assert after.parameters[spec.P_ENGINE].string_value == spec.ENGINE_REFERENCE
     assert after.parameters[spec.P_CHECKPOINT].string_value == str(bundle.checkpoint.resolve())
     assert load_record(out)["llm_engine"] == spec.ENGINE_REFERENCE
+
+
+def test_tool_grammar_mode_reaches_preprocessing(bundle: Bundle, tmp_path: Path) -> None:
+    default = package(bundle, tmp_path / "auto").path
+    pre = parse(default / REPOSITORY_DIR / spec.PRE_MODEL / "config.pbtxt")
+    assert pre.parameters[spec.P_TOOL_GRAMMAR].string_value == "auto"
+    strict = package(bundle, tmp_path / "strict", tool_grammar="strict").path
+    pre = parse(strict / REPOSITORY_DIR / spec.PRE_MODEL / "config.pbtxt")
+    assert pre.parameters[spec.P_TOOL_GRAMMAR].string_value == "strict"
+    assert load_record(strict)["tool_grammar"] == "strict"
+    with pytest.raises(K2Error, match=r"--tool-grammar must be one of off, auto, strict"):
+        package(bundle, tmp_path / "bad", tool_grammar="sometimes")
+    assert not (tmp_path / "bad").exists()
 
 
 # ---- the CLI ----

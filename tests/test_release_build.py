@@ -78,8 +78,8 @@ def test_release_layout_and_manifest(baseline: Path) -> None:
     assert v["container_digest"] is None and len(v["option_schema_commit"]) == 40
     assert m["source"]["hf"] == {"repo": "moonshotai/Kimi-K2-Instruct", "revision": "r1"}
     assert m["gates"] == {} and m["previous"] is None
-    assert m["serving"]["parser"] == "kimi-toolcalls/1"
-    assert m["serving"]["chat_template"]["name"] == "kimi-v3"
+    assert m["serving"]["parser"] == "kimi-toolcalls/2"
+    assert m["serving"]["chat_template"]["name"] == "kimi-k2-instruct-0711-tools"
 
 
 def test_release_points_at_the_serving_nodes_not_this_machine(baseline: Path) -> None:

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from k2trt.runtime.chat import DeltaStream, ModelFiles, prepare
+from k2trt.runtime.chat import ModelFiles, prepare
+from k2trt.runtime.deltas import DeltaStream
 from k2trt.runtime.reference import ReferenceEngine
 from k2trt.runtime.types import ChatChunk, ChatRequest
 from k2trt.runtime.wire import (

@@ -15,14 +15,24 @@ from typing import Any
 import numpy as np
 import pytest
 
-from k2trt.runtime.chat import DeltaStream, ModelFiles, prepare
+from k2trt.errors import K2Error
+from k2trt.runtime.chat import ModelFiles, prepare
+from k2trt.runtime.deltas import DeltaStream
 from k2trt.runtime.scripted import ScriptedEngine
 from k2trt.runtime.types import ChatChunk, ChatRequest, RequestRejected, SamplingParams
 from k2trt.runtime.wire import outputs_to_chunk, parse_rejection, request_to_inputs
 from k2trt.triton_repo import spec
 from k2trt.triton_repo.repository import REPOSITORY_DIR
-from k2trt.triton_repo.serving.chat import ChatModel
-from k2trt.triton_repo.serving.llm import Job, LlmModel, generate, parse_job
+from k2trt.triton_repo.serving.chat import ChatModel, files_dir
+from k2trt.triton_repo.serving.llm import (
+    Job,
+    LlmModel,
+    Piece,
+    batched,
+    generate,
+    parse_job,
+    stream_interval,
+)
 from k2trt.triton_repo.serving.post import DeltaStates, PostprocessingModel, post_request
 from k2trt.triton_repo.serving.pre import PreprocessingModel
 from k2trt.triton_repo.serving.roles import role_of
@@ -60,6 +70,7 @@ def pb(models: dict[str, Any], files: ModelFiles) -> FakePb:
     """The harness with a fresh script: every generation plays REPLY (slowly enough to cancel)."""
     pb_: FakePb = models[spec.CHAT_MODEL].pb
     models[spec.LLM_MODEL].engine = ScriptedEngine(files.tokenizer, [REPLY] * 4, delay_s=0.002)
+    models[spec.LLM_MODEL].interval = 1
     pb_.log.clear()
     pb_.bls_calls.clear()
     return pb_
@@ -102,8 +113,9 @@ def test_chat_streams_a_scripted_tool_call(pb: FakePb, files: ModelFiles) -> Non
     assert last.finish_reason == "tool_calls"
     assert last.prompt_tokens == len(prepare(files, req).prompt_ids)
     assert last.completion_tokens == len(files.tokenizer.encode_with_specials(REPLY)) + 1
-    assert pb.bls_calls[0] == spec.PRE_MODEL and pb.bls_calls.count(spec.LLM_MODEL) == 1
-    assert len(serving(pb, spec.POST_MODEL).states) == 0  # state dropped on the final call
+    # preprocessing once, tensorrt_llm once; the ids are detokenized and parsed in chat
+    assert pb.bls_calls == [spec.PRE_MODEL, spec.LLM_MODEL]
+    assert len(serving(pb, spec.POST_MODEL).states) == 0
 
 
 def test_rejection_names_the_field_and_never_reaches_the_llm(pb: FakePb) -> None:
@@ -255,6 +267,89 @@ def test_llm_cancel_by_key(pb: FakePb, models: dict[str, Any], files: ModelFiles
     last = first.sender.responses()[-1].arrays()
     assert last["finish_reason"].reshape(-1)[0] == b"cancelled"
     assert len(first.sender.sent) < len(files.tokenizer.encode_with_specials(REPLY)) // 2
+
+
+def _ids(request: FakeRequest) -> list[list[int]]:
+    return [r.arrays()["output_ids"].reshape(-1).tolist() for r in request.sender.responses()]
+
+
+def test_llm_streams_stream_interval_ids_per_response(
+    pb: FakePb, models: dict[str, Any], files: ModelFiles
+) -> None:
+    """As TensorRT-LLM's stream_interval: the first id at once, then `interval` ids a response,
+    the rest with the finish reason; the ids are the same as one a response."""
+    inputs = {"input_ids": np.array([[1, 2]], dtype=np.int32), "streaming": np.array([[True]])}
+    one = _ids(_llm(pb, inputs))
+    models[spec.LLM_MODEL].interval = 4
+    four = _ids(_llm(pb, inputs))
+    assert [i for r in four for i in r] == [i for r in one for i in r]
+    assert len(one) == len(reply_ids(files)) + 2  # each id, the stop id, the empty last
+    n = len(reply_ids(files)) + 1  # the reply and the stop id
+    assert [len(r) for r in four] == [1] + [4] * ((n - 1) // 4) + [(n - 1) % 4]
+
+
+def reply_ids(files: ModelFiles) -> list[int]:
+    return files.tokenizer.encode_with_specials(REPLY)
+
+
+def test_chat_answer_does_not_depend_on_stream_interval(
+    pb: FakePb, models: dict[str, Any], files: ModelFiles
+) -> None:
+    """Larger LLM responses: fewer chat responses, the same text, tool call and usage."""
+    req = ChatRequest(USER, tools=TOOLS, max_tokens=100)
+    answers = {}
+    for interval in (1, 5):
+        models[spec.LLM_MODEL].interval = interval
+        answers[interval] = chunks(run_chat(pb, req))
+    for got in answers.values():
+        assert "".join(c.content for c in got) == CONTENT
+        calls = [d for c in got for d in c.tool_calls]
+        assert calls[0]["function"] == {"name": "get_weather", "arguments": ""}
+        assert "".join(d["function"]["arguments"] for d in calls[1:]) == ARGUMENTS
+        assert not any(c.content and c.tool_calls for c in got)
+        last = got[-1]
+        assert (last.finish_reason, last.completion_tokens) == (
+            "tool_calls",
+            len(reply_ids(files)) + 1,
+        )
+    assert len(answers[5]) < len(answers[1]) / 2
+
+
+def test_stop_string_with_a_stream_interval(pb: FakePb, models: dict[str, Any]) -> None:
+    models[spec.LLM_MODEL].interval = 8
+    got = chunks(run_chat(pb, ChatRequest(USER, tools=TOOLS, max_tokens=100, stop=("weather",))))
+    assert "".join(c.content for c in got) == "Let me check the "
+    assert got[-1].finish_reason == "stop" and got[-1].stop_sequence == "weather"
+
+
+def test_stream_interval_option(tmp_path: Path) -> None:
+    yaml_path = tmp_path / "model.yaml"
+    assert stream_interval({}, yaml_path) == 1
+    assert stream_interval({"stream_interval": 8}, yaml_path) == 8
+    for bad in (0, True, "8", 2.0):
+        with pytest.raises(K2Error, match="stream_interval: expected an integer >= 1"):
+            stream_interval({"stream_interval": bad}, yaml_path)
+
+
+def test_batched_flushes_pending_ids_with_the_last_piece() -> None:
+    pieces = [Piece([i]) for i in range(6)] + [Piece([], "", "length")]
+    got = list(batched(iter(pieces), 4))
+    assert [p.ids for p in got] == [[0], [1, 2, 3, 4], [5]]
+    assert [p.finish_reason for p in got] == ["", "", "length"]
+    assert [p.ids for p in batched(iter([Piece([], "", "cancelled")]), 4)] == [[]]
+
+
+def test_chat_reads_its_own_model_files_else_postprocessing_s(tmp_path: Path) -> None:
+    name = spec.MODEL_FILES_DIR
+    chat, post = tmp_path / "chat", tmp_path / "postprocessing"
+    (post / name).mkdir(parents=True)
+    assert files_dir(chat, 2, name, "postprocessing") == post / name
+    (post / "2" / name).mkdir(parents=True)
+    assert files_dir(chat, 2, name, "postprocessing") == post / "2" / name
+    (chat / name).mkdir(parents=True)
+    assert files_dir(chat, 2, name, "postprocessing") == chat / name
+    (chat / "2" / name).mkdir(parents=True)
+    assert files_dir(chat, 2, name, "postprocessing") == chat / "2" / name
 
 
 # ---- pieces ----

@@ -29,6 +29,7 @@ import yaml
 from k2trt import __version__
 from k2trt.build.gpus import GpuSet, parse_gpus
 from k2trt.build.options import (
+    DEFAULT_STREAM_INTERVAL,
     AttentionDpConfig,
     CudaGraphConfig,
     KvCacheConfig,
@@ -265,6 +266,8 @@ def llm_options(
         # convert` writes a remote-code-free fast tokenizer into tokenizer/ for this.
         tokenizer=str(ckpt / TOKENIZER_DIR),
         trust_remote_code=False,
+        # throughput default (see DEFAULT_STREAM_INTERVAL) unless the spec's options set it
+        stream_interval=None if "stream_interval" in spec.options else DEFAULT_STREAM_INTERVAL,
         extra=dict(spec.options),
     )
 

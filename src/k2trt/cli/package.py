@@ -20,6 +20,12 @@ def command(
     container: str = typer.Option(
         launch.CONTAINER, "--container", help="Base image for launch/Dockerfile."
     ),
+    tool_grammar: str = typer.Option(
+        "auto",
+        "--tool-grammar",
+        help="Constrained tool calls: off | auto (when tools are declared and not every tool "
+        "says strict: false) | strict (unsupported schema keywords are a 400).",
+    ),
 ) -> None:
     """Package a bundle as a Triton model repository served by the trtllm-python container.
 
@@ -27,7 +33,7 @@ def command(
     finish_reason, usage), preprocessing, tensorrt_llm (LLM API model.yaml from the bundle),
     postprocessing. The checkpoint must still match the hashes the bundle recorded."""
     loaded = Bundle.load(bundle)
-    result = package(loaded, out, force=force, container=container)
+    result = package(loaded, out, force=force, container=container, tool_grammar=tool_grammar)
     OUTPUT.result(result.record | {"path": str(out)}, lambda _: render(result.record, out))
 
 
@@ -44,5 +50,6 @@ def render(record: dict[str, Any], out: Path) -> str:
             f"  launch      {out / LAUNCH_DIR}: "
             + ", ".join(sorted(p.name for p in (out / LAUNCH_DIR).iterdir())),
             f"  container   {record['container']}",
+            f"  tool calls  constrained: {record.get('tool_grammar', 'auto')} (--tool-grammar)",
         ]
     )

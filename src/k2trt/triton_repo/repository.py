@@ -29,9 +29,11 @@ import yaml
 
 from k2trt import __version__
 from k2trt.build.bundle import Bundle
+from k2trt.chat.grammar import check_mode
 from k2trt.errors import K2Error
 from k2trt.fsutil import atomic_dir, dump_json, link_or_copy, read_json, write_text_atomic
 from k2trt.runtime.chat import ModelFiles
+from k2trt.runtime.wire import CHAT_MODEL
 from k2trt.triton_repo import launch, spec
 from k2trt.triton_repo.versions import write_model_py
 
@@ -40,7 +42,8 @@ LAUNCH_DIR = "launch"
 RECORD_NAME = "k2trt-package.json"
 RECORD_FORMAT = "k2trt.package/1"
 MODEL_PY = ("k2trt.triton_repo", "model.py")  # package and file of the one model.py source
-FILES_MODELS = (spec.PRE_MODEL, spec.LLM_MODEL, spec.POST_MODEL)  # models that read them
+# models that read them (chat: its own detokenizer and tool-call parser per request)
+FILES_MODELS = (CHAT_MODEL, spec.PRE_MODEL, spec.LLM_MODEL, spec.POST_MODEL)
 REQUIRED_FILES = ("tiktoken.model", "tokenizer_config.json", "config.json")
 TOKENIZER_SUBDIR = "tokenizer"
 EXECUTABLE = ("serve-docker.sh", "serve-mpirun.sh", "serve.sbatch")
@@ -135,10 +138,12 @@ def write_model_files(ckpt: Path, repo: Path) -> dict[str, str]:
     return {n: hashlib.sha256((first / n).read_bytes()).hexdigest() for n in sorted(sources)}
 
 
-def write_models(repo: Path, model_id: str, release: spec.ReleaseTag | None = None) -> None:
+def write_models(
+    repo: Path, model_id: str, release: spec.ReleaseTag | None = None, tool_grammar: str = "auto"
+) -> None:
     """config.pbtxt and 1/model.py for every model."""
     source = model_source().encode("utf-8")
-    for name, config in spec.all_configs(model_id, release).items():
+    for name, config in spec.all_configs(model_id, release, tool_grammar).items():
         write_model_py(repo / name / spec.VERSION, source)
         (repo / name / "config.pbtxt").write_text(config.text() + "\n", encoding="utf-8")
 
@@ -175,24 +180,27 @@ def package(
     container: str = launch.CONTAINER,
     placement: Placement | None = None,
     release: spec.ReleaseTag | None = None,
+    tool_grammar: str = "auto",
 ) -> Package:
     """Write the repository for `bundle` at `out` (see the module docstring); `release`
     (when a release is being built) tags every config with its engine part and `chat`'s
-    version 1 with its name and version.
+    version 1 with its name and version; `tool_grammar` (off | auto | strict) is the
+    constraint mode for declared tools (`preprocessing`'s parameter).
 
     >>> package(Bundle.load(Path("bundle")), Path("triton"))  # doctest: +SKIP
     """
     out = Path(out)
+    check_mode(tool_grammar)
     placement = placement or placement_for(bundle, out)
     deployment = deployment_for(bundle, placement, container)
     with atomic_dir(out, force=force) as tmp:
         repo = tmp / REPOSITORY_DIR
-        write_models(repo, bundle.model_id, release)
+        write_models(repo, bundle.model_id, release, tool_grammar)
         options = yaml.safe_dump(model_yaml(bundle, placement.checkpoint), sort_keys=True)
         (repo / spec.LLM_MODEL / spec.VERSION / "model.yaml").write_text(options, encoding="utf-8")
         files = write_model_files(bundle.checkpoint, repo)
         write_launch(tmp / LAUNCH_DIR, deployment)
-        record = _record(bundle, placement, deployment, files)
+        record = _record(bundle, placement, deployment, files) | {"tool_grammar": tool_grammar}
         if release is not None:
             record["release"] = asdict(release)
         (tmp / RECORD_NAME).write_text(dump_json(record), encoding="utf-8")

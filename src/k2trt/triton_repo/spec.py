@@ -1,6 +1,8 @@
 """The four models of the repository: names, inputs/outputs and configs, as data.
 
-    chat (BLS, decoupled) -> preprocessing -> tensorrt_llm (decoupled) -> postprocessing
+    chat (BLS, decoupled) -> preprocessing, then tensorrt_llm (decoupled), streamed
+    postprocessing: the same detokenize + parse step as a model of its own (chat does it
+    in-process; see serving/chat.py)
 
 `chat` has exactly the inputs and outputs of `k2trt.runtime.wire`. `tensorrt_llm` takes
 token ids (what `chat` sends) or text (what Triton's OpenAI frontend sends), and streams
@@ -44,6 +46,7 @@ P_MODEL_FILES = "model_files"  # relative to the model's directory
 P_MODEL_ID = "model_id"  # the served model's name (in messages such as context overflows)
 P_ENGINE = "engine"  # tensorrt_llm: "tensorrt_llm" (model.yaml) or "reference" (CPU stand-in)
 P_CHECKPOINT = "reference_checkpoint"  # the stand-in's checkpoint
+P_TOOL_GRAMMAR = "tool_grammar"  # preprocessing: off | auto | strict (default auto)
 P_STATE_TTL = "state_ttl_seconds"  # postprocessing: idle request states expire after this
 P_PRE, P_LLM, P_POST = "preprocessing_model", "llm_model", "postprocessing_model"
 # The engine part of the release a repository was packaged from, in every model (a release
@@ -110,6 +113,7 @@ PRE_OUTPUTS: tuple[Tensor, ...] = (
     Tensor("stop_words", "TYPE_STRING", (-1,)),  # the request's stop strings
     Tensor("prompt_tokens", "TYPE_INT32", (1,)),
     Tensor("request", "TYPE_STRING", (1,)),  # what postprocessing needs, as JSON
+    Tensor("guide", "TYPE_STRING", (-1,)),  # zero or one tool-call structural tag (JSON)
 )
 
 POST_INPUTS: tuple[Tensor, ...] = (
@@ -181,20 +185,22 @@ def _files_params(role: str, model_id: str) -> dict[str, str]:
     return params
 
 
-def preprocessing_config(model_id: str = "") -> ModelConfig:
-    """Chat inputs -> prompt ids and sampling tensors (stateless: two instances)."""
+def preprocessing_config(model_id: str = "", tool_grammar: str = "auto") -> ModelConfig:
+    """Chat inputs -> prompt ids and sampling tensors (stateless: two instances); its
+    `tool_grammar` (off | auto | strict) is the constraint mode for declared tools."""
     return ModelConfig(
         name=PRE_MODEL,
         max_batch_size=0,
         inputs=_wire(CHAT_INPUTS, inputs=True),
         outputs=PRE_OUTPUTS,
         instance_group=(InstanceGroup("KIND_CPU", 2),),
-        parameters=_files_params(PRE_MODEL, model_id),
+        parameters={**_files_params(PRE_MODEL, model_id), P_TOOL_GRAMMAR: tool_grammar},
     )
 
 
 def postprocessing_config(model_id: str = "", state_ttl_s: int = STATE_TTL_S) -> ModelConfig:
-    """Token ids -> content / tool-call deltas, with per-request state."""
+    """Token ids -> content / tool-call deltas, with per-request state (`chat` no longer
+    calls it: it keeps its interface for other callers)."""
     return ModelConfig(
         name=POST_MODEL,
         max_batch_size=0,
@@ -238,11 +244,13 @@ def tagged(config: ModelConfig, release: ReleaseTag | None) -> ModelConfig:
     return replace(config, parameters={**config.parameters, **extra})
 
 
-def all_configs(model_id: str = "", release: ReleaseTag | None = None) -> dict[str, ModelConfig]:
+def all_configs(
+    model_id: str = "", release: ReleaseTag | None = None, tool_grammar: str = "auto"
+) -> dict[str, ModelConfig]:
     """Every model's config, by model name (tagged with `release` when packaged from one)."""
     configs = {
         CHAT_MODEL: chat_config(),
-        PRE_MODEL: preprocessing_config(model_id),
+        PRE_MODEL: preprocessing_config(model_id, tool_grammar),
         LLM_MODEL: llm_config(model_id),
         POST_MODEL: postprocessing_config(model_id),
     }

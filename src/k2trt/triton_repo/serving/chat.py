@@ -1,18 +1,25 @@
-"""`chat`: the entry point, a decoupled BLS model over the three others.
+"""`chat`: the entry point, a decoupled BLS model over `preprocessing` and `tensorrt_llm`.
 
-For each request (in its own thread): `preprocessing` once; `tensorrt_llm` streamed; every
-piece through `postprocessing` (keyed by a fresh request key); each chunk sent at once as a
-delta, the last with finish_reason and usage and the final flag. A rejected request gets one
-error response naming the field. Generation stops when the client cancels, or when a stop
-string or stop id ends the turn: `chat` cancels the `tensorrt_llm` request (the BLS
-iterator's cancel() where the server has it, 2.57+, and a `cancel` request naming its key,
-which works on any version).
+For each request (in its own thread): `preprocessing` once (a BLS call); `tensorrt_llm`
+streamed; every response's ids through this request's own `DeltaStream` (incremental
+detokenizer, stop strings, streaming tool-call parser: O(new ids), in this thread, no call
+to another model); each chunk sent at once as a delta, the last with finish_reason and usage
+and the final flag. A rejected request gets one error response naming the field. Generation
+stops when the client cancels, or when a stop string or stop id ends the turn: `chat` cancels
+the `tensorrt_llm` request (the BLS iterator's cancel() where the server has it, 2.57+, and a
+`cancel` request naming its key, which works on any version).
 
-Versions move together: `chat` version N calls `preprocessing` and `postprocessing` version N
-(`tensorrt_llm` at whatever version it serves). A rollout (`k2trt release deploy`) loads a new
-N of both beside the old ones, then switches `chat`: a request in flight keeps its own pair to
-the end (postprocessing's state for it lives in the process of the version it started on),
-and no request pairs one release's template with another's tokenizer or parser.
+Until k2trt 0.1's issue 15, every streamed piece was a BLS round trip to `postprocessing`
+(one instance, one process): about 1 ms of CPU per token, which capped a deployment near
+1,000 tokens/s. `postprocessing` stays in the repository with the same interface, for
+clients that call it themselves; `chat` no longer does.
+
+Versions move together: `chat` version N calls `preprocessing` version N (`tensorrt_llm` at
+whatever version it serves) and detokenizes with version N's model files (its own
+k2trt-model-files, else those of `postprocessing` N beside it: a repository packaged before
+chat had its own). A rollout (`k2trt release deploy`) loads a new N of each beside the old
+ones, then switches `chat`: a request in flight keeps its version to the end, and no request
+pairs one release's template with another's tokenizer or parser.
 """
 
 from __future__ import annotations
@@ -21,51 +28,38 @@ import contextlib
 import threading
 import uuid
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from k2trt.runtime.chat import ModelFiles
+from k2trt.runtime.deltas import DeltaStream
 from k2trt.runtime.types import ChatChunk
-from k2trt.runtime.wire import (
-    CHAT_INPUTS,
-    CHAT_OUTPUTS,
-    chunk_to_outputs,
-    outputs_to_chunk,
-    scalar,
-    strings,
-)
+from k2trt.runtime.wire import CHAT_INPUTS, chunk_to_outputs, scalar, strings
 from k2trt.triton_repo.serving.common import TritonModel
 from k2trt.triton_repo.serving.post import Step
+from k2trt.triton_repo.serving.pre import post_request
 from k2trt.triton_repo.spec import (
     LLM_MODEL,
+    MODEL_FILES_DIR,
     P_LLM,
+    P_MODEL_FILES,
+    P_MODEL_ID,
     P_POST,
     P_PRE,
     POST_MODEL,
-    POST_OUTPUTS,
     PRE_MODEL,
     PRE_OUTPUTS,
 )
 
 LLM_OUTPUT_NAMES = ["output_ids", "finish_reason"]
-CHUNK_FIELDS = tuple(f.name for f in CHAT_OUTPUTS)  # postprocessing's, one value per chunk
+GUIDE_TYPE = "structural_tag"  # xgrammar's structural tag, as TensorRT-LLM's GuidedDecodingParams
 
 
 class _Failed(Exception):
     """A sub-model answered with an error: its text goes to the client as is."""
-
-
-def chunks_from(arrays: Mapping[str, NDArray[Any]]) -> Step:
-    """Postprocessing's outputs (one value per chunk) back into chunks."""
-    count = len(np.asarray(arrays["content"]).reshape(-1))
-    chunks = [
-        outputs_to_chunk(
-            {name: np.asarray(arrays[name]).reshape(-1)[i : i + 1] for name in CHUNK_FIELDS}
-        )
-        for i in range(count)
-    ]
-    return Step(chunks, bool(np.asarray(arrays["done"]).reshape(-1)[0]))
 
 
 def llm_arrays(pre: Mapping[str, NDArray[Any]], key: str) -> dict[str, NDArray[Any]]:
@@ -83,9 +77,26 @@ def llm_arrays(pre: Mapping[str, NDArray[Any]], key: str) -> dict[str, NDArray[A
     if seed.size:
         out["seed"] = seed.reshape(1, 1)
     words = np.asarray(pre["stop_words"], dtype=np.object_).reshape(-1)
-    if words.size:  # the LLM stops at the same point postprocessing does
+    if words.size:  # the LLM stops at the same point the DeltaStream does
         out["stop_words"] = words.reshape(1, -1)
+    guide = np.asarray(pre.get("guide", []), dtype=np.object_).reshape(-1)
+    if guide.size:  # the tool-call grammar preprocessing compiled (k2trt.chat.grammar)
+        out["guided_decoding_guide_type"] = strings([GUIDE_TYPE], (1, 1))
+        out["guided_decoding_guide"] = guide.reshape(1, 1)
     return out
+
+
+def files_dir(model_dir: Path, version: int, name: str, post: str) -> Path:
+    """Where chat version `version` finds its model files: its own (version, then model
+    directory), else those of the postprocessing model beside it (same version first).
+
+    >>> files_dir(Path("/nonexistent/chat"), 1, "k2trt-model-files", "postprocessing")
+    PosixPath('/nonexistent/postprocessing/k2trt-model-files')
+    """
+    sibling = model_dir.parent / post
+    candidates = [model_dir / str(version), model_dir, sibling / str(version), sibling]
+    found = next((d / name for d in candidates if (d / name).is_dir()), None)
+    return found or sibling / name
 
 
 class ChatModel(TritonModel):
@@ -94,10 +105,14 @@ class ChatModel(TritonModel):
     def setup(self) -> None:
         self.pre = self.param(P_PRE, PRE_MODEL)
         self.llm = self.param(P_LLM, LLM_MODEL)
-        self.post = self.param(P_POST, POST_MODEL)
+        post = self.param(P_POST, POST_MODEL)
+        path = files_dir(
+            self.model_dir, self.version, self.param(P_MODEL_FILES, MODEL_FILES_DIR), post
+        )
+        self.files = ModelFiles.load(path, self.params.get(P_MODEL_ID) or None)
         self.input_names = [f.name for f in CHAT_INPUTS]
-        # this version's pre/post (see the module docstring); the LLM is not pinned
-        self.pinned = {self.pre: self.version, self.post: self.version}
+        # this version's preprocessing (see the module docstring); the LLM is not pinned
+        self.pinned = {self.pre: self.version}
 
     def execute(self, requests: list[Any]) -> None:
         """Triton's entry point: start each request's thread and return at once."""
@@ -136,7 +151,7 @@ class _Turn:
         self.request = request
         self.sender = sender
         self.key = uuid.uuid4().hex
-        self.post_open = False  # postprocessing holds state for this key
+        self.out: DeltaStream | None = None  # this request's detokenizer and parser
         self.finished = False  # the final response went out
 
     def run(self) -> None:
@@ -144,7 +159,6 @@ class _Turn:
         try:
             self._run()
         except Exception as exc:
-            self._close_post()
             message = (
                 str(exc)
                 if isinstance(exc, _Failed)
@@ -158,13 +172,14 @@ class _Turn:
         names = [t.name for t in PRE_OUTPUTS]
         pre_in = self.m.inputs(self.request, self.m.input_names)
         pre = self.m.outputs(self.m.call(self.m.pre, pre_in, names), names)
-        self.post_open = True
-        first = {"request": pre["request"], "prompt_tokens": pre["prompt_tokens"]}
-        if not self._send(self._post([], first=first)):
+        request = post_request(scalar(pre, "request"))
+        self.out = DeltaStream(self.m.files, request, int(scalar(pre, "prompt_tokens")))
+        if not self._send(self._step([])):  # a named tool choice opens its call at once
             self._generate(pre)
 
     def _generate(self, pre: Mapping[str, NDArray[Any]]) -> None:
-        """Stream tensorrt_llm, each piece through postprocessing, each chunk to the client."""
+        """Stream tensorrt_llm, each response's ids through the DeltaStream, each chunk to
+        the client."""
         responses = self.m.stream(self.m.llm, llm_arrays(pre, self.key), LLM_OUTPUT_NAMES)
         overrun = False
         for response in responses:
@@ -174,26 +189,25 @@ class _Turn:
                 self._cancelled(responses)
                 return
             out = self.m.outputs(response, LLM_OUTPUT_NAMES)
-            ids = [int(i) for i in np.asarray(out.get("output_ids", [])).reshape(-1)]
+            ids = np.asarray(out["output_ids"]).reshape(-1).tolist() if "output_ids" in out else []
             reason = scalar(out, "finish_reason") if "finish_reason" in out else ""
-            step = self._post(ids, final=bool(reason), reason=reason)
+            step = self._step(ids, final=bool(reason), reason=reason)
             if self._send(step) or reason:
                 return
             if step.done and overrun:
                 # The LLM stops by itself at stop ids and stop strings, so its next response
                 # after `done` is its last; one more piece means it did not: stop it.
                 self._stop_llm(responses)
-                self._send(self._post([], final=True))
+                self._send(self._step([], final=True))
                 for _ in responses:  # the cancelled stream ends promptly; let it
                     pass
                 return
             overrun = step.done
-        self._send(self._post([], final=True))
+        self._send(self._step([], final=True))
 
     def _cancelled(self, responses: Any) -> None:
-        """The client went away: stop the LLM, drop the state, release the request."""
+        """The client went away: stop the LLM, release the request."""
         self._stop_llm(responses)
-        self._close_post()
         self.m.log(f"k2trt: chat request {self.key} cancelled by the client")
         code = getattr(self.m.pb.TritonError, "CANCELLED", None)
         error = self.m.pb.TritonError("cancelled by the client", *(() if code is None else (code,)))
@@ -202,24 +216,13 @@ class _Turn:
             response = self.m.pb.InferenceResponse(output_tensors=[], error=error)
             self.sender.send(response, flags=self.m.final)
 
-    def _post(
-        self,
-        ids: list[int],
-        final: bool = False,
-        reason: str = "",
-        first: Mapping[str, NDArray[Any]] | None = None,
-    ) -> Step:
-        """One postprocessing call (`first`: the request and prompt size, on the first)."""
-        arrays: dict[str, NDArray[Any]] = {"request_key": strings([self.key]), **(first or {})}
-        if ids:
-            arrays["output_ids"] = np.array(ids, dtype=np.int32)
+    def _step(self, ids: list[int], final: bool = False, reason: str = "") -> Step:
+        """The chunks for new ids (and, when `final`, the last chunk with the reason)."""
+        assert self.out is not None
+        chunks = self.out.feed(ids)
         if final:
-            arrays["final"] = np.array([True])
-            self.post_open = False
-            if reason:
-                arrays["finish_reason"] = strings([reason])
-        names = [t.name for t in POST_OUTPUTS]
-        return chunks_from(self.m.outputs(self.m.call(self.m.post, arrays, names), names))
+            chunks.append(self.out.finish(reason or None))
+        return Step(chunks, self.out.done)
 
     def _send(self, step: Step) -> bool:
         """Send the step's chunks as responses; True once the final one has gone."""
@@ -244,9 +247,3 @@ class _Turn:
         arrays = {"request_key": strings([self.key], (1, 1)), "cancel": np.array([[True]])}
         for _ in self.m.stream(self.m.llm, arrays, []):
             pass
-
-    def _close_post(self) -> None:
-        """Drop postprocessing's state for this request (errors here are beside the point)."""
-        if self.post_open:
-            with contextlib.suppress(Exception):
-                self._post([], final=True)  # sets post_open False before it calls

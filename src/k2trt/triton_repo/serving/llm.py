@@ -7,9 +7,13 @@ either way (spec.LLM_INPUTS / LLM_OUTPUTS).
 
 Every response is a delta: `output_ids` holds only new ids and `text_output` only their text
 (incremental detokenization: multi-byte characters and spaces come out whole, once). The last
-response carries `finish_reason`. Each request runs in its own thread; it stops soon after
-Triton reports it cancelled, or after a `cancel` request names its `request_key` (the `chat`
-model's way to stop it on servers whose BLS iterators have no cancel()).
+response carries `finish_reason`. A streaming request gets its ids in responses of
+`stream_interval` ids (model.yaml's LLM API option; TensorRT-LLM's default 1): the first id at
+once, then every `stream_interval` ids, and whatever is pending with the last. Fewer, larger
+responses cost every layer above less CPU per token. Each request runs in its own thread; it
+stops soon after Triton reports it cancelled, or after a `cancel` request names its
+`request_key` (the `chat` model's way to stop it on servers whose BLS iterators have no
+cancel()).
 """
 
 from __future__ import annotations
@@ -26,8 +30,11 @@ import numpy as np
 import yaml
 from numpy.typing import NDArray
 
+from k2trt.chat.grammar import SchemaRejected
+from k2trt.chat.grammar_engine import MaskFactory, ToolGrammar
 from k2trt.errors import K2Error
-from k2trt.runtime.chat import ModelFiles, StopStrings
+from k2trt.runtime.chat import ModelFiles
+from k2trt.runtime.deltas import StopStrings
 from k2trt.runtime.types import Engine, RequestRejected, SamplingParams
 from k2trt.runtime.wire import rejection_message, scalar, strings
 from k2trt.triton_repo.serving.common import TritonModel
@@ -43,6 +50,8 @@ from k2trt.triton_repo.spec import (
 MODEL_YAML = "model.yaml"
 CONFIG_ENV = "LLM_CONFIG_PATH"  # as upstream's LLM-API model: another model.yaml
 NOT_LLM_OPTIONS = ("model", "triton_config")
+GUIDE_STRUCTURAL_TAG = "structural_tag"
+STREAM_INTERVAL = "stream_interval"  # LLM API option: generated ids per streamed response
 UNSUPPORTED_IF_SET = {  # input: the value that means "not used"
     "frequency_penalty": 0.0,
     "presence_penalty": 0.0,
@@ -75,16 +84,16 @@ def _opt(arrays: Mapping[str, NDArray[Any]], name: str, default: Any) -> Any:
     return scalar(arrays, name) if name in arrays else default
 
 
-def parse_job(files: ModelFiles, arrays: Mapping[str, NDArray[Any]]) -> Job:
-    """A Job from the input tensors; RequestRejected names a bad or unsupported input."""
+def parse_job(
+    files: ModelFiles, arrays: Mapping[str, NDArray[Any]], grammar: ToolGrammar | None = None
+) -> Job:
+    """A Job from the input tensors; RequestRejected names a bad or unsupported input.
+    A `structural_tag` guide (what `chat` sends for a constrained tool call) is compiled with
+    `grammar` into the job's constraint; other guide types are refused."""
     for name, unused in UNSUPPORTED_IF_SET.items():
         if name in arrays and _opt(arrays, name, unused) != unused:
             raise RequestRejected(f"{name} is not supported by this model", name)
-    if "guided_decoding_guide" in arrays or "guided_decoding_guide_type" in arrays:
-        raise RequestRejected(
-            "guided decoding is not supported (use the chat model for forced tool calls)",
-            "guided_decoding_guide",
-        )
+    constraint = _guide(arrays, grammar)
     ids, text = _prompt(files, arrays)
     if not ids:
         raise RequestRejected("the prompt is empty", "input_ids")
@@ -110,11 +119,28 @@ def parse_job(files: ModelFiles, arrays: Mapping[str, NDArray[Any]]) -> Job:
         top_p=top_p,
         seed=None if seed is None else int(seed),
         stop_token_ids=tuple(dict.fromkeys([*files.stop_token_ids, *extra])),
+        constraint=constraint,
     )
     words = [w.decode("utf-8") for w in np.asarray(arrays.get("stop_words", [])).reshape(-1)]
     streaming = bool(_opt(arrays, "streaming", _opt(arrays, "stream", False)))
     key = _opt(arrays, "request_key", None)
     return Job(ids, params, text, streaming, tuple(words), key)
+
+
+def _guide(arrays: Mapping[str, NDArray[Any]], grammar: ToolGrammar | None) -> MaskFactory | None:
+    if "guided_decoding_guide" not in arrays and "guided_decoding_guide_type" not in arrays:
+        return None
+    kind = _opt(arrays, "guided_decoding_guide_type", "")
+    if kind != GUIDE_STRUCTURAL_TAG or grammar is None or "guided_decoding_guide" not in arrays:
+        raise RequestRejected(
+            f"guided decoding: only guided_decoding_guide_type {GUIDE_STRUCTURAL_TAG!r} with a "
+            f"guided_decoding_guide is supported (the chat model's tool calls), got {kind!r}",
+            "guided_decoding_guide_type",
+        )
+    try:
+        return grammar.from_tag(scalar(arrays, "guided_decoding_guide"))
+    except SchemaRejected as exc:
+        raise RequestRejected(str(exc), exc.field) from None
 
 
 def _prompt(files: ModelFiles, arrays: Mapping[str, NDArray[Any]]) -> tuple[list[int], bool]:
@@ -184,6 +210,33 @@ def merge(pieces: list[Piece]) -> Piece:
     )
 
 
+def batched(pieces: Iterator[Piece], interval: int) -> Iterator[Piece]:
+    """`pieces` regrouped into responses of `interval` ids: the first id alone (time to first
+    token does not wait), then every `interval` ids; the last piece carries what is pending.
+
+    >>> [p.ids for p in batched(iter([Piece([i]) for i in range(5)] + [Piece([], "", "stop")]), 2)]
+    [[0], [1, 2], [3, 4], []]
+    """
+    pending: list[Piece] = []
+    count, sent = 0, False
+    for piece in pieces:
+        pending.append(piece)
+        count += len(piece.ids)
+        if piece.finish_reason or (count and not sent) or count >= interval:
+            yield merge(pending)
+            pending, count, sent = [], 0, sent or bool(count)
+    if pending:
+        yield merge(pending)
+
+
+def stream_interval(options: Mapping[str, Any], path: Path) -> int:
+    """model.yaml's stream_interval (1 when absent); K2Error naming the file otherwise."""
+    value = options.get(STREAM_INTERVAL, 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise K2Error(f"{STREAM_INTERVAL}: expected an integer >= 1, got {value!r}", path=path)
+    return value
+
+
 def read_model_yaml(path: Path) -> dict[str, Any]:
     """model.yaml as a dict; K2Error naming the file when it is not one."""
     try:
@@ -200,8 +253,10 @@ class LlmModel(TritonModel):
 
     def setup(self) -> None:
         self.files = self.model_files()
+        self.grammar = ToolGrammar(self.files.tokenizer, self.files.stop_token_ids)
         self.model_yaml = read_model_yaml(self._yaml_path())
         self._check_triton_config()
+        self.interval = stream_interval(self.model_yaml, self._yaml_path())
         self.engine = self._engine()
         self._keys: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
@@ -253,7 +308,7 @@ class LlmModel(TritonModel):
                 self._cancel(_opt(arrays, "request_key", ""))
                 sender.send(flags=self.final)
                 return
-            job = parse_job(self.files, arrays)
+            job = parse_job(self.files, arrays, self.grammar)
         except RequestRejected as exc:
             sender.send(self.error(rejection_message(exc)), flags=self.final)
             return
@@ -293,7 +348,7 @@ class LlmModel(TritonModel):
             whole = merge(list(pieces))
             sender.send(self.response(piece_arrays(whole, job, prompt)), flags=self.final)
             return whole.finish_reason
-        for piece in pieces:
+        for piece in batched(pieces, self.interval):
             flags = self.final if piece.finish_reason else 0
             sender.send(self.response(piece_arrays(piece, job, prompt)), flags=flags)
             if piece.finish_reason:

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from k2trt.runtime.chat import DeltaStream, ModelFiles
+from k2trt.runtime.chat import ModelFiles
+from k2trt.runtime.deltas import DeltaStream
 from k2trt.runtime.types import ChatChunk, RequestRejected
 from k2trt.runtime.wire import (
     CHAT_OUTPUTS,

@@ -15,10 +15,13 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from k2trt.chat.grammar_engine import MaskFactory, ToolGrammar
 from k2trt.runtime.chat import ModelFiles, Prepared, prepare
+from k2trt.runtime.constrain import DEFAULT_MODE, constrain, grammar_for
 from k2trt.runtime.types import ChatRequest, RequestRejected
 from k2trt.runtime.wire import CHAT_INPUTS, inputs_to_request, rejection_message, strings
 from k2trt.triton_repo.serving.common import TritonModel
+from k2trt.triton_repo.spec import P_TOOL_GRAMMAR
 
 UINT64_MAX = (1 << 64) - 1
 
@@ -40,8 +43,12 @@ def post_request(text: str) -> ChatRequest:
     )
 
 
-def preprocess(files: ModelFiles, arrays: Mapping[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
+def preprocess(
+    files: ModelFiles, arrays: Mapping[str, NDArray[Any]], grammar: ToolGrammar | None = None
+) -> dict[str, NDArray[Any]]:
     """Output tensors for one request's input tensors; RequestRejected names a bad field.
+    With `grammar`, a constrained request's tool-call grammar is compiled here (so a bad
+    schema is this request's 400) and its structural tag goes out as `guide`.
 
     >>> out = preprocess(files, request_to_inputs(ChatRequest([{"role": "user", "content": "hi"}])))
     ... # doctest: +SKIP
@@ -49,7 +56,7 @@ def preprocess(files: ModelFiles, arrays: Mapping[str, NDArray[Any]]) -> dict[st
     req = inputs_to_request(arrays)
     if req.seed is not None and not 0 <= req.seed <= UINT64_MAX:
         raise RequestRejected(f"seed must be in 0..2**64-1, got {req.seed}", "seed")
-    prepared = prepare(files, req)
+    prepared = constrain(prepare(files, req), req, grammar)
     return prepared_arrays(prepared, req)
 
 
@@ -57,6 +64,8 @@ def prepared_arrays(prepared: Prepared, req: ChatRequest) -> dict[str, NDArray[A
     """The preprocessing outputs (spec.PRE_OUTPUTS) of a prepared request."""
     sampling = prepared.sampling
     seed = [] if sampling.seed is None else [sampling.seed]
+    constraint = sampling.constraint
+    assert constraint is None or isinstance(constraint, MaskFactory)
     return {
         "input_ids": np.array(prepared.prompt_ids, dtype=np.int32),
         "max_tokens": np.array([sampling.max_tokens], dtype=np.int32),
@@ -67,6 +76,7 @@ def prepared_arrays(prepared: Prepared, req: ChatRequest) -> dict[str, NDArray[A
         "stop_words": strings(req.stop),
         "prompt_tokens": np.array([len(prepared.prompt_ids)], dtype=np.int32),
         "request": strings([post_request_json(req)]),
+        "guide": strings([] if constraint is None else [constraint.spec.tag]),
     }
 
 
@@ -76,6 +86,7 @@ class PreprocessingModel(TritonModel):
     def setup(self) -> None:
         self.files = self.model_files()
         self.names = [f.name for f in CHAT_INPUTS]
+        self.grammar = grammar_for(self.files, self.param(P_TOOL_GRAMMAR, DEFAULT_MODE))
 
     def execute(self, requests: list[Any]) -> list[Any]:
         """Triton's entry point."""
@@ -83,7 +94,8 @@ class PreprocessingModel(TritonModel):
 
     def _one(self, request: Any) -> Any:
         try:
-            return self.response(preprocess(self.files, self.inputs(request, self.names)))
+            arrays = self.inputs(request, self.names)
+            return self.response(preprocess(self.files, arrays, self.grammar))
         except RequestRejected as exc:
             return self.error(rejection_message(exc))
         except Exception as exc:  # anything else fails this request only, with its reason
