@@ -87,9 +87,9 @@ def test_build_is_deterministic(ckpt: Path, tmp_path: Path) -> None:
 
 def test_no_layout_divides(ckpt: Path, tmp_path: Path) -> None:
     with pytest.raises(
-        K2Error, match=r"no layout of 16 GPUs divides this model .4 attention heads"
+        K2Error, match=r"no layout of 32 GPUs divides this model .4 attention heads"
     ):
-        build_bundle(ckpt, tmp_path / "b", BuildSpec(gpus="H200x16"))
+        build_bundle(ckpt, tmp_path / "b", BuildSpec(gpus="H200x32"))
 
 
 def test_cuda_graph_sizes_follow_the_batch_limit() -> None:

@@ -25,10 +25,10 @@ def run_demo(
     root: Path, *, seed: int = 0, on_stage: Callable[[Stage], None] = lambda s: None
 ) -> list[Stage]:
     """synth -> inspect -> convert -> verify -> chat -> plan -> build -> package -> release
-    -> serve.
+    -> serve -> grammar.
 
     >>> [s.name for s in run_demo(Path("/tmp/demo"))][-2:]  # doctest: +SKIP
-    ['release', 'serve']
+    ['serve', 'grammar']
     """
     stages: list[Stage] = []
 
@@ -66,7 +66,58 @@ def run_demo(
     done(_package_stage(root))
     done(_release_stage(root, ckpt))
     done(_serve_stage(root))
+    done(_grammar_stage(ckpt))
     return stages
+
+
+GRAMMAR_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "set_light",
+            "parameters": {
+                "type": "object",
+                "properties": {"on": {"type": "boolean"}, "level": {"enum": [1, 2, 3]}},
+                "required": ["on", "level"],
+                "additionalProperties": False,
+            },
+        },
+    }
+]
+
+
+def _grammar_stage(ckpt: Path) -> Stage:
+    """The tiny random model never calls a tool by itself; with the tool grammar (the CPU
+    reference engine masking every step) tool_choice "required" gets a call that fits."""
+    from k2trt.runtime.chat import ModelFiles, prepare
+    from k2trt.runtime.constrain import constrain, grammar_for
+    from k2trt.runtime.deltas import DeltaStream
+    from k2trt.runtime.reference import ReferenceEngine
+    from k2trt.runtime.types import ChatRequest
+
+    files = ModelFiles.load(ckpt)
+    request = ChatRequest(
+        [{"role": "user", "content": "Dim the light."}],
+        GRAMMAR_TOOLS,
+        "required",
+        max_tokens=200,
+        temperature=1.0,
+        seed=0,
+    )
+    prepared = constrain(prepare(files, request), request, grammar_for(files, "auto"))
+    ids = list(ReferenceEngine.load(ckpt).generate(prepared.prompt_ids, prepared.sampling))
+    out = DeltaStream(files, request, len(prepared.prompt_ids))
+    chunks = [*out.feed(ids), out.finish()]
+    first = [d for c in chunks for d in c.tool_calls if d["index"] == 0]
+    calls = 1 + max(d["index"] for c in chunks for d in c.tool_calls)
+    name = first[0]["function"]["name"]
+    arguments = "".join(d["function"].get("arguments", "") for d in first)
+    return Stage(
+        "grammar",
+        f"constrained tool call from the random model: {name}({' '.join(arguments.split())}) "
+        f"({calls} call(s) in {len(ids)} tokens, finish {chunks[-1].finish_reason})",
+        {"name": name, "arguments": arguments, "calls": calls, "tokens": len(ids)},
+    )
 
 
 def _plan_stage(ckpt: Path) -> Stage:
@@ -203,8 +254,8 @@ def _convert_stage(ckpt: Path, root: Path) -> Stage:
     )
     return Stage(
         "convert",
-        f"prepared {fp8.out.name} ({fp8.tensors} tensors, {fp8.dropped} "
-        f"rotary caches dropped, {len(fp8.config_changes)} config change(s), "
+        f"prepared {fp8.out.name} ({fp8.tensors} tensors, {fp8.linked} shard(s) "
+        f"hard-linked unchanged, {len(fp8.config_changes)} config change(s), "
         f"manifest last) and dequantized {bf16.out.name} ({bf16.tensors} BF16 tensors)",
         {"fp8": str(fp8.out), "bf16": str(bf16.out)},
     )

@@ -41,7 +41,7 @@ def command(
     """Plan a TensorRT-LLM deployment: weights, reserves and KV cache per GPU for each layout.
 
     Weights come from config.json through the architecture's tensor tables (nothing is
-    read). Ranks layouts: fit first, then most KV tokens, then fewer PP stages. Exit 0 when a
+    read). Ranks layouts: fit first, then fewer PP stages, then most KV tokens. Exit 0 when a
     layout fits --context x --concurrency, 1 when none does, 2 on bad input."""
     cfg = ModelConfig.load(ckpt)
     gpu_set = parse_gpus(gpus)
