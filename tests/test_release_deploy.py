@@ -413,7 +413,8 @@ def test_a_release_failing_the_smoke_gate_rolls_back(
     assert line == (
         f"error: rolled back to version {on_template} (kimi-k2-tiny 1.1.0 "
         f"({manifest['id'][:19]})): smoke gate failed through chat version {attempted} (as "
-        f"k2trt-canary): RequestRejected: chat template custom: TemplateError: broken template"
+        f"k2trt-canary): RequestRejected: tools: chat template custom cannot render this: "
+        f"TemplateError: broken template"
     )
 
 
