@@ -165,15 +165,20 @@ def evaluate(
 ) -> dict[str, Any]:
     backend = LocalBackend(files, engine, grammar=grammar_for(files, mode))
     with ServerThread(create_app(backend, ServeConfig(close_backend=False))) as server:
-        run = run_eval(
-            data,
-            server.url + "/v1",
-            concurrency=1,
-            timeout_s=600,
-            retries=0,
-            output=out / f"results-{mode}.jsonl",
-            summary=out / f"summary-{mode}.json",
-        )
+        return eval_one_by_one(data, server.url, out, mode)
+
+
+def eval_one_by_one(data: Path, url: str, out: Path, name: str) -> dict[str, Any]:
+    """`k2trt eval toolcalls` against the gateway at `url`, one request at a time."""
+    run = run_eval(
+        data,
+        url + "/v1",
+        concurrency=1,
+        timeout_s=600,
+        retries=0,
+        output=out / f"results-{name}.jsonl",
+        summary=out / f"summary-{name}.json",
+    )
     return run.summary
 
 
@@ -198,16 +203,7 @@ def evaluate_triton(ckpt: Path, data: Path, out: Path) -> dict[str, Any]:
     with CpuTritonServer(repo / REPOSITORY_DIR) as triton:
         backend = TritonBackend(triton.grpc_url, model_id="kimi-k2")
         with ServerThread(create_app(backend, ServeConfig())) as server:
-            run = run_eval(
-                data,
-                server.url + "/v1",
-                concurrency=1,
-                timeout_s=600,
-                retries=0,
-                output=out / "results-triton.jsonl",
-                summary=out / "summary-triton.json",
-            )
-    return run.summary
+            return eval_one_by_one(data, server.url, out, "triton")
 
 
 @dataclass

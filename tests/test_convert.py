@@ -252,16 +252,23 @@ def test_every_hash_is_taken_on_the_way_and_matches_hashlib(
         assert entry["sha256"] == hashlib.sha256((src / name).read_bytes()).hexdigest(), name
 
 
-def test_output_is_synced_once_before_it_is_published(
-    src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    fsynced: list[str] = []
+@pytest.fixture
+def fsynced(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths os.fsync is called on, in order (the calls still go through)."""
+    paths: list[str] = []
     real_fsync = os.fsync
 
     def spy_fsync(fd: int) -> None:
-        fsynced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        paths.append(os.readlink(f"/proc/self/fd/{fd}"))
         real_fsync(fd)
 
+    monkeypatch.setattr(os, "fsync", spy_fsync)
+    return paths
+
+
+def test_output_is_synced_once_before_it_is_published(
+    src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fsynced: list[str]
+) -> None:
     synced: list[bool] = []
     real_sync = pipeline.sync_tree
 
@@ -269,7 +276,6 @@ def test_output_is_synced_once_before_it_is_published(
         synced.append((root / MANIFEST_NAME).is_file() and not (tmp_path / "out").exists())
         real_sync(root)
 
-    monkeypatch.setattr(os, "fsync", spy_fsync)
     monkeypatch.setattr(pipeline, "sync_tree", spy_sync)
     convert(src, tmp_path / "out", drop_extra=True)
     assert synced == [True]  # once, after the manifest, before the rename
@@ -278,17 +284,9 @@ def test_output_is_synced_once_before_it_is_published(
 
 
 def test_sync_falls_back_to_fsync_per_file(
-    src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fsynced: list[str]
 ) -> None:
-    fsynced: list[str] = []
-    real_fsync = os.fsync
-
-    def spy_fsync(fd: int) -> None:
-        fsynced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real_fsync(fd)
-
     monkeypatch.setattr("k2trt.convert.partial._syncfs", lambda root: False)
-    monkeypatch.setattr(os, "fsync", spy_fsync)
     convert(src, tmp_path / "out", drop_extra=True)
     shard_syncs = {Path(p).name for p in fsynced if p.endswith(".safetensors")}
     assert shard_syncs == {p.name for p in src.glob("*.safetensors")}

@@ -13,6 +13,7 @@ import httpx
 import jsonschema
 import pytest
 
+from grammar_cases import SCHEMAS, TOOLS, USER
 from k2trt.runtime.chat import ModelFiles
 from k2trt.runtime.constrain import grammar_for
 from k2trt.runtime.local import LocalBackend
@@ -20,33 +21,6 @@ from k2trt.runtime.reference import ReferenceEngine
 from k2trt.runtime.types import SamplingParams, never
 from k2trt.serve.app import ServeConfig, create_app
 from k2trt.serve.server import ServerThread
-
-SCHEMAS: dict[str, dict[str, Any]] = {
-    "get_weather": {
-        "type": "object",
-        "properties": {"city": {"type": "string", "maxLength": 8}, "days": {"type": "integer"}},
-        "required": ["city", "days"],
-    },
-    "set_light": {
-        "type": "object",
-        "properties": {"on": {"type": "boolean"}, "level": {"enum": [1, 2, 3]}},
-        "required": ["on", "level"],
-        "additionalProperties": False,
-    },
-    "tag": {
-        "type": "object",
-        "properties": {
-            "labels": {
-                "type": "array",
-                "items": {"type": "string", "pattern": "^[a-z]{1,4}$"},
-                "maxItems": 2,
-            }
-        },
-        "required": ["labels"],
-    },
-}
-TOOLS = [{"type": "function", "function": {"name": n, "parameters": s}} for n, s in SCHEMAS.items()]
-USER = [{"role": "user", "content": "Do something."}]
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ import jsonschema
 import numpy as np
 import pytest
 
+from grammar_cases import SCHEMAS, TOOLS, USER
 from k2trt.runtime.chat import ModelFiles
 from k2trt.runtime.reference import ReferenceEngine
 from k2trt.runtime.types import ChatChunk, ChatRequest
@@ -35,22 +36,6 @@ from triton_fixtures import (
     serving,
     tiny_package,  # noqa: F401  (fixture)
 )
-
-SCHEMAS: dict[str, Any] = {
-    "get_weather": {
-        "type": "object",
-        "properties": {"city": {"type": "string", "maxLength": 8}, "days": {"type": "integer"}},
-        "required": ["city", "days"],
-    },
-    "set_light": {
-        "type": "object",
-        "properties": {"on": {"type": "boolean"}, "level": {"enum": [1, 2, 3]}},
-        "required": ["on", "level"],
-        "additionalProperties": False,
-    },
-}
-TOOLS = [{"type": "function", "function": {"name": n, "parameters": s}} for n, s in SCHEMAS.items()]
-USER = [{"role": "user", "content": "Do something."}]
 
 
 @pytest.fixture(scope="module")
