@@ -198,3 +198,8 @@ def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]
     print("  ".join("-" * w for w in widths))
     for row in rows:
         print(line(row))
+
+
+def doc_summary(doc: str | None) -> str:
+    """A script docstring's first paragraph as one line (for argparse's description)."""
+    return " ".join((doc or "").split("\n\n")[0].split())

@@ -32,6 +32,7 @@ from _util import (
     MB,
     Runs,
     child_rss,
+    doc_summary,
     evict,
     interleaved,
     machine_note,
@@ -273,7 +274,7 @@ def estimates(copy_rate: float, link_s: float, bf16_params_per_s: float) -> list
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=doc_summary(__doc__))
     parser.add_argument("--workdir", type=Path, help="reuse checkpoints here")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--skip-memory", action="store_true")

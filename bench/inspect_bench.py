@@ -28,6 +28,7 @@ from _util import (
     Runs,
     child_rss,
     dir_bytes,
+    doc_summary,
     evict,
     machine_note,
     page_cache_bytes,
@@ -299,7 +300,7 @@ def context() -> float:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=doc_summary(__doc__))
     p.add_argument("--workdir", type=Path, help="reuse checkpoints here (created if absent)")
     p.add_argument("--keep", action="store_true", help="keep what this run synthesized")
     p.add_argument("--size-gb", type=float, default=6.5, help="throughput checkpoint size (GB)")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from _util import MB, child_rss, print_table, timed
+from _util import MB, child_rss, doc_summary, print_table, timed
 from inspect_bench import ensure_checkpoint, layers_for
 from k2trt.build.bundle import build_bundle
 from k2trt.build.spec import BuildSpec
@@ -115,7 +115,7 @@ def memory_figures(root: Path, sizes: list[float]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=doc_summary(__doc__))
     parser.add_argument("--workdir", type=Path, help="reuse checkpoints here (default: temp)")
     parser.add_argument("--size-gb", default="1.0,2.1", help="k2-slice sizes for peak RSS")
     parser.add_argument("--skip-memory", action="store_true", help="only the small preset")

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from _util import print_table
+from _util import doc_summary, print_table
 from k2trt.errors import CheckFailed
 from k2trt.release.deploy import DeployOptions, deploy
 from k2trt.release.pipeline import ReleaseOptions, build_release
@@ -132,7 +132,7 @@ def report(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=doc_summary(__doc__))
     parser.add_argument("--rounds", type=int, default=2, help="A<->B rollouts each way")
     parser.add_argument("--streams", type=int, default=4, help="concurrent client streams")
     parser.add_argument("--workdir", type=Path, help="keep releases here (reused when present)")

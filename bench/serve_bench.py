@@ -49,7 +49,7 @@ from urllib.parse import urlparse
 
 from uvicorn.supervisors import Multiprocess
 
-from _util import print_table
+from _util import doc_summary, print_table
 from k2trt.runtime.types import ChatChunk, ChatRequest
 from k2trt.serve.app import Gateway, ServeConfig, create_app
 from k2trt.serve.scripted import ScriptedBackend
@@ -441,7 +441,7 @@ def verdict(name: str, value: float, target: float, unit: float, suffix: str) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=doc_summary(__doc__))
     parser.add_argument("--seconds", type=float, default=3.0, help="measured time per point")
     parser.add_argument("--quick", action="store_true", help="1 s per point")
     parser.add_argument(

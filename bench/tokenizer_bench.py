@@ -19,7 +19,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from _util import MB, best_of, print_table, timed
+from _util import MB, best_of, doc_summary, print_table, timed
 from k2trt.chat.prompt import encode_chat
 from k2trt.chat.template import builtin_template
 from k2trt.chat.tokenizer import KimiTokenizer
@@ -84,7 +84,7 @@ def render_and_encode(tok: KimiTokenizer, prompt: str) -> tuple[float, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=doc_summary(__doc__))
     parser.add_argument("--mb", type=float, default=10.0, help="size of the mixed text")
     parser.add_argument("--prompt-tokens", type=int, default=256 * 1024)
     parser.add_argument("--runs", type=int, default=3, help="best of this many runs")

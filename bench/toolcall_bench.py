@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _util import print_table
+from _util import doc_summary, print_table
 from k2trt.chat.grammar import MAX_TOOLS
 from k2trt.chat.grammar_engine import MaskFactory, ToolGrammar, ToolMask
 from k2trt.evaluate.run import run_eval
@@ -325,7 +325,7 @@ ACCURACY_HEADERS = [
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=doc_summary(__doc__))
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--cost-requests", type=int, default=20)

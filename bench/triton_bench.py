@@ -48,7 +48,7 @@ import numpy as np
 import yaml
 from tritonclient.grpc import InferResult, service_pb2, service_pb2_grpc
 
-from _util import print_table
+from _util import doc_summary, print_table
 from k2trt.runtime.types import ChatRequest
 from k2trt.serve.triton_backend import EMPTY_FINAL, _tensor, infer_request, is_final
 from k2trt.triton_repo import spec
@@ -581,7 +581,7 @@ def run_interval(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=doc_summary(__doc__))
     parser.add_argument("--seconds", type=float, default=3.0, help="measured time per point")
     parser.add_argument("--repeat", type=int, default=3, help="cost runs (min and median)")
     parser.add_argument("--intervals", default="1,8", help="stream_interval values (a server each)")
