@@ -850,3 +850,23 @@ def test_hash_refuses_a_file_symlinked_from_outside(
     assert_error(
         inspect(capsys, ckpt, "--hash"), ckpt / "README.md", "resolves outside the checkpoint"
     )
+
+
+@pytest.mark.parametrize("name", ["tiktoken.model", "tokenizer_config.json"])
+def test_fifo_or_dev_zero_in_place_of_a_tokenizer_file(ckpt: Path, name: str) -> None:
+    from k2trt.chat.template import load_chat_template
+    from k2trt.chat.tokenizer import KimiTokenizer
+    from k2trt.errors import K2Error
+
+    (ckpt / name).unlink()
+    os.mkfifo(ckpt / name)
+    with deadline(20), pytest.raises(K2Error, match="is a FIFO, not a regular file") as fifo:
+        KimiTokenizer.from_dir(ckpt)
+    assert str(ckpt / name) in str(fifo.value)
+    (ckpt / name).unlink()
+    (ckpt / name).symlink_to("/dev/zero")
+    with deadline(20), pytest.raises(K2Error, match="character device"):
+        KimiTokenizer.from_dir(ckpt)
+    if name == "tokenizer_config.json":  # where the template is read from, too
+        with deadline(20), pytest.raises(K2Error, match="character device"):
+            load_chat_template(ckpt)

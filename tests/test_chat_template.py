@@ -607,7 +607,7 @@ def test_load_errors(tmp_path: Path) -> None:
         load_chat_template(tmp_path / "missing")
     bad_json = tmp_path / "tokenizer_config.json"
     bad_json.write_text("{", encoding="utf-8")
-    with pytest.raises(K2Error, match=r"tokenizer_config\.json: not valid JSON"):
+    with pytest.raises(K2Error, match=r"tokenizer_config\.json: tokenizer config is not valid"):
         load_chat_template(tmp_path)
     other = tmp_path / "model.txt"
     other.write_text("x", encoding="utf-8")

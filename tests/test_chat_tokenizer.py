@@ -359,7 +359,7 @@ def test_missing_file_and_bad_config(tok_dir: Path, tmp_path: Path) -> None:
     config_path.write_text(json.dumps(config))
     _one_line_error(path, r"added_tokens_decoder\['1536'\]: id outside the special range")
     config_path.write_text("{not json")
-    _one_line_error(path, r"tokenizer_config\.json: not valid JSON")
+    _one_line_error(path, r"tokenizer_config\.json: tokenizer config is not valid JSON")
     config_path.unlink()
     _one_line_error(path, r"tokenizer_config\.json: missing")
 

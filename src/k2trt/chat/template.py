@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -49,6 +50,7 @@ from k2trt.chat.template_inputs import (
     rewrite_tool_call_ids,
 )
 from k2trt.errors import K2Error
+from k2trt.fsutil import parse_json, read_small
 
 __all__ = [
     "ChatTemplate",
@@ -119,11 +121,12 @@ def load_chat_template(ckpt_dir_or_file: str | Path) -> ChatTemplate:
     """
     path = Path(ckpt_dir_or_file)
     if path.is_dir():
+        # present at all (lexists) means read: a FIFO or device there is refused, not skipped
         jinja_file = path / "chat_template.jinja"
-        if jinja_file.is_file():
+        if os.path.lexists(jinja_file):
             return chat_template_from_text(_read_text(jinja_file), str(jinja_file))
         config = path / "tokenizer_config.json"
-        found = _template_in_config(config) if config.is_file() else None
+        found = _template_in_config(config) if os.path.lexists(config) else None
         if found is not None:
             return chat_template_from_text(found, str(config))
         return _fallback(f"no chat template in {path}")
@@ -144,19 +147,21 @@ def _fallback(why: str) -> ChatTemplate:
     return dataclasses.replace(chat, source=f"built-in {chat.name} ({why})")
 
 
+MAX_TEMPLATE_FILE_BYTES = 4 << 20  # real templates and tokenizer configs are a few KB
+
+
 def _read_text(path: Path) -> str:
+    # a regular, size-capped file (a FIFO or /dev/zero in its place is refused, never read)
+    data = read_small(path, "chat template file", limit=MAX_TEMPLATE_FILE_BYTES)
     try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise K2Error(f"cannot read chat template: {exc}", path=path) from exc
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise K2Error(f"chat template is not UTF-8 (byte {exc.start})", path=path) from None
 
 
 def _template_in_config(path: Path) -> str | None:
     """`chat_template` of a JSON config: a string, or the "default" of a list of named ones."""
-    try:
-        config = json.loads(_read_text(path))
-    except json.JSONDecodeError as exc:
-        raise K2Error(f"not valid JSON: {exc}", path=path) from exc
+    config = parse_json(_read_text(path), path, "tokenizer config")
     value = config.get("chat_template") if isinstance(config, dict) else None
     if value is None or isinstance(value, str):
         return value

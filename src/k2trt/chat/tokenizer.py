@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
-import json
+import os
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +30,7 @@ from k2trt.chat.kimi_vocab import (
     reserved_token_name,
 )
 from k2trt.errors import K2Error
+from k2trt.fsutil import parse_json, read_small
 
 __all__ = [
     "MAX_NO_WHITESPACES_CHARS",
@@ -164,16 +165,10 @@ def _parse_rank_line(line: bytes, lineno: int, count: int, path: Path) -> tuple[
 
 
 def _read_bounded(path: Path, limit: int) -> bytes:
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(limit + 1)
-    except FileNotFoundError:
-        raise K2Error("missing (a Kimi tokenizer needs this file)", path=path) from None
-    except OSError as exc:
-        raise K2Error(f"cannot read: {exc.strerror}", path=path) from None
-    if len(data) > limit:
-        raise K2Error(f"larger than {limit >> 20} MiB; not a tokenizer file", path=path)
-    return data
+    # a regular file (a FIFO or /dev/zero in its place is refused, never read), size-capped
+    if not os.path.lexists(path):
+        raise K2Error("missing (a Kimi tokenizer needs this file)", path=path)
+    return read_small(path, "tokenizer file", limit=limit)
 
 
 @dataclass(frozen=True)
@@ -187,10 +182,7 @@ class SpecialToken:
 
 def _read_config(path: Path) -> dict[str, Any]:
     data = _read_bounded(path, _MAX_CONFIG_FILE_BYTES)
-    try:
-        config = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise K2Error(f"not valid JSON ({exc})", path=path) from None
+    config = parse_json(data, path, "tokenizer config")  # depth-limited, one-line errors
     if not isinstance(config, dict):
         raise K2Error("top level must be a JSON object", path=path)
     return config
