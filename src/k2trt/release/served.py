@@ -3,9 +3,10 @@
 `chat`'s config is the deployment record: parameter `k2trt_release.N` names the release
 version N serves ("NAME VERSION [ID]"; `k2trt package` writes version 1's without the id,
 `k2trt release deploy` each new one with it). `preprocessing` and `postprocessing` version N
-belong to the same release (chat N calls them, see serving/chat.py). Every model's config also
-carries the engine part it was packaged with (`k2trt_engine_id`, `..._weights`, `..._options`);
-`tensorrt_llm`'s is what the engine really is.
+belong to the same release (chat N calls preprocessing N and detokenizes with its own copy of
+the release's model files; postprocessing N serves other clients; see serving/chat.py).
+Every model's config also carries the engine part it was packaged with (`k2trt_engine_id`,
+`..._weights`, `..._options`); `tensorrt_llm`'s is what the engine really is.
 
     >>> status(TritonControl("127.0.0.1:8000"))["serving"]  # doctest: +SKIP
     {'version': 2, 'release': {'name': 'kimi-k2', 'version': '1.1.0', 'id': 'sha256:...'}}
