@@ -171,10 +171,19 @@ def parse_json(
     except ValueError as exc:  # e.g. an integer past Python's 4,300-digit conversion limit
         reason = str(exc).split(":")[0]
         raise K2Error(f"{what} is not usable JSON: {reason}", path=path) from None
-    found = _deep_field(value, max_depth)
+    found = _deep_field(value, max_depth) if may_nest_deeper(text, max_depth) else None
     if found is not None:
         raise _too_deep(path, what, found, max_depth)
     return value
+
+
+def may_nest_deeper(text: str | bytes, limit: int) -> bool:
+    """False when JSON `text` cannot nest deeper than `limit`: it has no more opening brackets
+    than that (brackets inside strings count too, so this only over-estimates). Lets a parser
+    skip walking the decoded value, as nearly every real file and body allows."""
+    if isinstance(text, bytes):
+        return text.count(b"[") + text.count(b"{") > limit
+    return text.count("[") + text.count("{") > limit
 
 
 def _too_deep(path: Path | str, what: str, field: str, limit: int) -> K2Error:

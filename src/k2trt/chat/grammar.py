@@ -34,6 +34,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from k2trt.chat.toolcalls import declared_function
 from k2trt.errors import K2Error
 
 MODES = ("off", "auto", "strict")
@@ -150,10 +151,10 @@ def functions_of(tools: Sequence[Any] | None) -> list[ToolFunction]:
     out = []
     seen: set[str] = set()
     for i, tool in enumerate(tools or ()):
-        fn = tool.get("function", tool) if isinstance(tool, Mapping) else None
-        name = fn.get("name") if isinstance(fn, Mapping) else None
-        if not isinstance(fn, Mapping) or not isinstance(name, str) or not name:
+        found = declared_function(tool)
+        if found is None:
             raise SchemaRejected(f"tools[{i}] needs a function name")
+        fn, name = found
         params = fn.get("parameters")
         if params is not None and not isinstance(params, dict):
             raise SchemaRejected(f"tools[{i}] ({name}): parameters must be a JSON object")

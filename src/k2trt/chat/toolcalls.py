@@ -164,16 +164,29 @@ class _Call:
     valid_json: bool = False
 
 
+def declared_function(tool: Any) -> tuple[Mapping[str, Any], str] | None:
+    """A declared tool's function and its name (OpenAI `{"type": "function", "function":
+    {...}}` or the function bare), or None when it has no non-empty string name.
+
+    >>> declared_function({"type": "function", "function": {"name": "f"}})
+    ({'name': 'f'}, 'f')
+    """
+    fn = tool.get("function", tool) if isinstance(tool, Mapping) else None
+    name = fn.get("name") if isinstance(fn, Mapping) else None
+    if not isinstance(fn, Mapping) or not isinstance(name, str) or not name:
+        return None
+    return fn, name
+
+
 def _tool_names(tools: Sequence[Mapping[str, Any]] | None) -> frozenset[str] | None:
     if tools is None:
         return None
     names = set()
     for i, tool in enumerate(tools):
-        fn = tool.get("function", tool) if isinstance(tool, Mapping) else None
-        name = fn.get("name") if isinstance(fn, Mapping) else None
-        if not isinstance(name, str) or not name:
+        found = declared_function(tool)
+        if found is None:
             raise K2Error(f"tools[{i}] has no function name")
-        names.add(name)
+        names.add(found[1])
     return frozenset(names)
 
 

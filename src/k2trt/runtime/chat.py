@@ -33,6 +33,7 @@ from typing import Any
 from k2trt.chat.prompt import encode_chat
 from k2trt.chat.template import load_chat_template
 from k2trt.chat.tokenizer import KimiTokenizer
+from k2trt.chat.toolcalls import declared_function
 from k2trt.errors import K2Error
 from k2trt.fsutil import read_json
 from k2trt.runtime.types import ChatRequest, RequestRejected, SamplingParams
@@ -202,11 +203,10 @@ def _declared_names(tools: Sequence[Any] | None) -> list[str]:
         raise RequestRejected("tools must be a list of tool objects", "tools")
     names = []
     for i, tool in enumerate(tools or ()):
-        fn = tool.get("function", tool) if isinstance(tool, Mapping) else None
-        name = fn.get("name") if isinstance(fn, Mapping) else None
-        if not isinstance(name, str) or not name:
+        found = declared_function(tool)
+        if found is None:
             raise RequestRejected(f"tools[{i}] needs a function name", "tools")
-        names.append(name)
+        names.append(found[1])
     return names
 
 

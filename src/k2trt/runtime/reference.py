@@ -62,6 +62,7 @@ class ReferenceEngine:
 
     def __init__(self, model: Any, vocab_size: int) -> None:
         self.model = model
+        self._cache_keyword = cache_keyword(model)  # looked up once, not per request
         self.vocab_size = vocab_size
         self._lock = threading.Lock()
 
@@ -116,7 +117,7 @@ class ReferenceEngine:
         mask = None if params.constraint is None else params.constraint.start()
         with self._lock, torch.no_grad():
             step = torch.tensor([prompt_ids])
-            cache = {cache_keyword(self.model): new_cache(self.model)}  # updated in place
+            cache = {self._cache_keyword: new_cache(self.model)}  # updated in place
             for _ in range(params.max_tokens):
                 if cancelled():
                     return

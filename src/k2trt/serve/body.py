@@ -15,6 +15,7 @@ from typing import Any
 
 from starlette.types import Receive, Scope
 
+from k2trt.fsutil import may_nest_deeper
 from k2trt.serve.checks import at
 from k2trt.serve.errors import ApiError, invalid
 
@@ -83,7 +84,7 @@ def parse_json(body: bytes, max_depth: int = MAX_DEPTH) -> Any:
         raise ApiError(400, f"body: not valid JSON ({exc})", param="body") from None
     # Cheap tests first: a body with few brackets cannot be deep, and only a \uD8xx-\uDFxx
     # escape can decode to a lone surrogate.
-    deep = body.count(b"[") + body.count(b"{") > max_depth
+    deep = may_nest_deeper(body, max_depth)
     surrogates = _SURROGATE_ESCAPE.search(body) is not None
     if deep or surrogates:
         _check_tree(value, max_depth)
